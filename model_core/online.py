@@ -1,0 +1,194 @@
+"""The served model: fold-in on the model core, FAISS retrieval, trending for cold users.
+
+``OnlineRecommender`` is stateless about users: callers own each user's
+``UserHistory`` (the stream keeps it in a changelog-backed table) and hand a
+batch of histories in. It owns the global, shared state: item factors (growing
+as new items are folded in), the item index, availability and trending.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Collection, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from model_core.als import ALSModel
+from model_core.baselines import Trending
+from model_core.config import FoldInConfig
+from model_core.events import Event
+from model_core.foldin import FoldIn
+from model_core.index import IndexConfig, ItemIndex
+from model_core.state import UserHistory
+
+__all__ = ["OnlineRecommender", "Recommendation"]
+
+log = logging.getLogger(__name__)
+
+Recommendation = list[tuple[str, float]]
+
+_NEW_ITEM_USERS = 50  # users remembered per folded-in new item
+
+
+class OnlineRecommender:
+    """Fold-in + top-K for batches of users, on one model version.
+
+    >>> rec = OnlineRecommender(model)                       # doctest: +SKIP
+    >>> rec.observe(events, histories)                       # doctest: +SKIP
+    >>> rec.recommend([histories["u1"]], k=20)               # doctest: +SKIP
+    [[("i42", 0.93), ...]]
+    """
+
+    def __init__(
+        self,
+        model: ALSModel,
+        foldin: FoldInConfig | None = None,
+        index: IndexConfig | None = None,
+        *,
+        device: str = "auto",
+        trending_half_life_s: float = 86400.0,
+        fold_new_items: bool = True,
+    ) -> None:
+        self.model = model
+        self.foldin_config = foldin or FoldInConfig()
+        self._fold = FoldIn(model.item_factors, model.config, device=device)
+        self.device = self._fold.device
+        self._rows: dict[str, int] = {item: r for r, item in enumerate(model.item_ids)}
+        self.index = ItemIndex.build(model.item_ids, model.item_factors, index or IndexConfig(), device=device)
+        self._user_gram = model.user_gramian
+        self.trending = Trending(trending_half_life_s, model.config.weights)
+        self.fold_new_items = fold_new_items
+        self._new_items: dict[str, dict[str, tuple[np.ndarray, float]]] = {}
+        self.unavailable: set[str] = set()
+
+    @property
+    def model_version(self) -> str:
+        return self.model.version
+
+    @property
+    def index_version(self) -> int:
+        return self.index.version
+
+    @property
+    def n_items(self) -> int:
+        return len(self._rows)
+
+    def knows(self, item_id: str) -> bool:
+        """True when the item has a vector (trained or folded in)."""
+        return item_id in self._rows
+
+    # -- learning -------------------------------------------------------------
+
+    def observe(self, events: Sequence[Event], histories: Mapping[str, UserHistory]) -> None:
+        """Learn the global side of a batch: trending, and new items' vectors.
+
+        ``histories`` holds the touched users' histories *after* the events were
+        applied to them.
+        """
+        self.trending.learn(events)
+        if not self.fold_new_items:
+            return
+        touched: dict[str, set[str]] = {}
+        for ev in events:
+            if ev.item_id not in self._rows or ev.item_id in self._new_items:
+                touched.setdefault(ev.item_id, set()).add(ev.user_id)
+        if not touched:
+            return
+        users = sorted({u for us in touched.values() for u in us if u in histories})
+        vecs = self.embed([histories[u] for u in users])
+        pos = {u: i for i, u in enumerate(users)}
+        for item, us in touched.items():
+            seen = self._new_items.setdefault(item, {})
+            for u in us:
+                if u not in pos:
+                    continue
+                entry = histories[u].entries.get(item)
+                if entry is not None and np.any(vecs[pos[u]]):
+                    seen.pop(u, None)
+                    seen[u] = (vecs[pos[u]], entry[0])
+            while len(seen) > _NEW_ITEM_USERS:
+                del seen[next(iter(seen))]
+        self._fold_items([i for i in touched if self._new_items.get(i)])
+
+    def _fold_items(self, items: list[str]) -> None:
+        if not items:
+            return
+        h = max(len(self._new_items[i]) for i in items)
+        k = self._fold.factors
+        f = np.zeros((len(items), h, k), dtype=np.float32)
+        w = np.zeros((len(items), h), dtype=np.float32)
+        for b, item in enumerate(items):
+            for j, (vec, weight) in enumerate(self._new_items[item].values()):
+                f[b, j] = vec
+                w[b, j] = weight
+        vectors = self._fold.items(f, w, self._user_gram)
+        for item, vec in zip(items, vectors):
+            row = self._rows.get(item)
+            if row is None:
+                self._rows[item] = self._fold.add_item(vec)
+            else:
+                self._fold.replace_item(row, vec)
+        self.index.upsert(items, vectors)
+        if self.unavailable.intersection(items):
+            self.index.set_available(self.unavailable.intersection(items), False)
+
+    def set_available(self, item_ids: Iterable[str], available: bool) -> None:
+        """Catalog update: unavailable items leave every later list until available again."""
+        ids = list(item_ids)
+        if available:
+            self.unavailable.difference_update(ids)
+        else:
+            self.unavailable.update(ids)
+        known = [i for i in ids if i in self.index]
+        if known:
+            self.index.set_available(known, available)
+
+    # -- serving --------------------------------------------------------------
+
+    def _padded(self, histories: Sequence[UserHistory]) -> tuple[np.ndarray, np.ndarray]:
+        per_user = [h.weighted_items(self.foldin_config) for h in histories]
+        width = max([1] + [len(items) for items, _ in per_user])
+        rows = np.full((len(histories), width), -1, dtype=np.int64)
+        weights = np.zeros((len(histories), width), dtype=np.float32)
+        for b, (items, ws) in enumerate(per_user):
+            j = 0
+            for item, w in zip(items, ws):
+                r = self._rows.get(item)
+                if r is not None:
+                    rows[b, j] = r
+                    weights[b, j] = w
+                    j += 1
+        return rows, weights
+
+    def embed(self, histories: Sequence[UserHistory]) -> np.ndarray:
+        """[B, k] embeddings of a batch of users (zeros where no item has a vector)."""
+        if not histories:
+            return np.zeros((0, self._fold.factors), dtype=np.float32)
+        rows, weights = self._padded(histories)
+        return self._fold.users(rows, weights)
+
+    def recommend(
+        self,
+        histories: Sequence[UserHistory],
+        k: int = 20,
+        exclude: Sequence[Collection[str]] | None = None,
+    ) -> list[Recommendation]:
+        """Top-k (item_id, score) per user, best first.
+
+        ``exclude[b]`` defaults to the user's history and purchases. Users with no
+        known item get trending items; a short list is topped up with trending.
+        """
+        if exclude is None:
+            exclude = [h.exclude() for h in histories]
+        vecs = self.embed(histories)
+        warm = [b for b in range(len(histories)) if np.any(vecs[b])]
+        out: list[Recommendation] = [[] for _ in histories]
+        if warm:
+            found = self.index.search(vecs[warm], k, [exclude[b] for b in warm])
+            for b, lst in zip(warm, found):
+                out[b] = lst
+        for b, lst in enumerate(out):
+            if len(lst) < k:
+                have = set(exclude[b]).union(i for i, _ in lst).union(self.unavailable)
+                lst.extend(self.trending.top(k - len(lst), have))
+        return out

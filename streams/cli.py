@@ -1,0 +1,252 @@
+"""``freshrec``: the command line over model_core (and, later, the streams).
+
+Every command prints one clear line and exits non-zero on a problem the user
+can fix; ``--debug`` shows the traceback as well.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from model_core.errors import FreshrecError
+from streams.settings import Settings, load_settings
+
+log = logging.getLogger("freshrec")
+
+EPILOG = "Environment: FRESHREC_DEVICE, FRESHREC_LOG_LEVEL, FRESHREC_PROGRESS (flags win)."
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None,
+                   help="where torch and FAISS run (default: auto = cuda when present, else cpu)")
+    p.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _add_log_args(p: argparse.ArgumentParser, *, many: bool = True) -> None:
+    from model_core.logs import FORMATS
+
+    p.add_argument("--log", dest="logs", action="append" if many else "store", required=True, metavar="FILE",
+                   help="event log (plain or gzip)" + ("; repeat to merge several" if many else ""))
+    p.add_argument("--format", default="auto", choices=("auto", *FORMATS),
+                   help="log layout (default: auto-detect the known layouts)")
+    p.add_argument("--columns", default=None, metavar="MAP",
+                   help="for --format csv: user=COL,item=COL,time=COL[,type=COL,event_id=COL,session=COL,...]")
+    p.add_argument("--types", default=None, metavar="MAP",
+                   help="for --format csv: map the file's event names, e.g. pv=view,buy=purchase")
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model (iALS) hyper-parameters")
+    g.add_argument("--factors", type=int, default=None, help="embedding size k (default 64)")
+    g.add_argument("--iterations", type=int, default=None, help="ALS sweeps (default 15)")
+    g.add_argument("--regularization", type=float, default=None, help="L2 weight λ (default 0.05)")
+    g.add_argument("--alpha", type=float, default=None, help="confidence scale: c = 1 + alpha * w (default 2)")
+    g.add_argument("--confidence", choices=["linear", "log"], default=None, help="confidence scaling (default linear)")
+    g.add_argument("--weights", default=None, metavar="MAP",
+                   help="event-type weights, e.g. view=1,click=1,add_to_cart=3,purchase=5 (the default)")
+    g.add_argument("--cg-steps", type=int, default=None, help="conjugate-gradient steps per sweep; 0 = exact (default 3)")
+    g.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
+
+
+def _add_foldin_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("fold-in (how recent history becomes the user's embedding)")
+    g.add_argument("--history", type=int, default=None, help="distinct recent items kept per user (default 50)")
+    g.add_argument("--half-life", type=float, default=None, metavar="SECONDS",
+                   help="event-time half-life of an event's weight; 0 = none (default 3600)")
+    g.add_argument("--position-decay", type=float, default=None,
+                   help="weight factor per step back in the user's item order (default 0.7)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="freshrec",
+        description="Streaming recommendation updater: events in, fresh top-K lists out.",
+        epilog=EPILOG,
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("generate", help="write a synthetic shop event log (JSON lines)", epilog=EPILOG,
+                       description="Write a realistic synthetic e-commerce log: taste clusters, power-law "
+                       "popularity, sessions, a view -> cart -> purchase funnel, interest drift and new items.")
+    p.add_argument("--out", required=True, metavar="FILE", help="output path (.gz to compress)")
+    p.add_argument("--users", type=int, default=2000)
+    p.add_argument("--items", type=int, default=1000)
+    p.add_argument("--events", type=int, default=50_000)
+    p.add_argument("--clusters", type=int, default=20, help="latent taste clusters")
+    p.add_argument("--days", type=float, default=14.0, help="time span of the log")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+
+    p = sub.add_parser("train", help="train an iALS model version from event logs", epilog=EPILOG,
+                       description="Train implicit-feedback ALS on event logs and write a new versioned "
+                       "model directory OUT/<version>/ (item factors, id maps, Gramians, hyper-parameters, "
+                       "metadata, checksums).")
+    _add_log_args(p)
+    p.add_argument("--out", required=True, metavar="DIR", help="directory of model versions")
+    p.add_argument("--fraction", type=float, default=1.0,
+                   help="train on the earliest FRACTION of the events by event time (default 1 = all)")
+    _add_model_args(p)
+    _add_common(p)
+
+    p = sub.add_parser("evaluate", help="prequential (test-then-learn) evaluation against baselines",
+                       epilog=EPILOG,
+                       description="Sort by event time, train on the events before the split, then stream the "
+                       "rest: for each event of a known user on an item new to that user, score every "
+                       "model's top-K first (HR, NDCG, MRR), then let every model learn the event.")
+    _add_log_args(p)
+    p.add_argument("--k", type=int, default=20, help="list length K (default 20)")
+    p.add_argument("--train-fraction", type=float, default=0.5, help="events before the split (default 0.5)")
+    p.add_argument("--models", default="incremental,static,popular,trending,covisit",
+                   help="comma list of incremental, static, popular, trending, covisit, implicit "
+                   "(implicit needs `pip install implicit`)")
+    p.add_argument("--json", default=None, metavar="OUT", help="also write the report as JSON")
+    _add_model_args(p)
+    _add_foldin_args(p)
+    _add_common(p)
+    return parser
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides = {"device": getattr(args, "device", None)}
+    if getattr(args, "debug", False):
+        overrides["log_level"] = "DEBUG"
+    if getattr(args, "quiet", False):
+        overrides["progress"] = False
+    return load_settings(overrides)
+
+
+def _als_config(args: argparse.Namespace):  # -> ALSConfig
+    from model_core.config import ALSConfig, EventWeights
+
+    fields = {
+        "factors": args.factors, "iterations": args.iterations, "regularization": args.regularization,
+        "alpha": args.alpha, "confidence": args.confidence, "cg_steps": args.cg_steps, "seed": args.seed,
+    }
+    values = {k: v for k, v in fields.items() if v is not None}
+    if args.weights:
+        values["weights"] = EventWeights.parse(args.weights)
+    return ALSConfig(**values)
+
+
+def _foldin_config(args: argparse.Namespace):  # -> FoldInConfig
+    from model_core.config import FoldInConfig
+
+    fields = {"history_size": args.history, "half_life_s": args.half_life, "position_decay": args.position_decay}
+    return FoldInConfig(**{k: v for k, v in fields.items() if v is not None})
+
+
+def _read_logs(args: argparse.Namespace) -> Iterator:  # -> Iterator[Event]
+    from model_core.logs import ReadReport, parse_columns, parse_type_map, read_events
+
+    columns = parse_columns(args.columns) if args.columns else None
+    types = parse_type_map(args.types) if args.types else None
+    for path in args.logs:
+        report = ReadReport(path=str(path))
+        yield from read_events(path, args.format, columns=columns, type_map=types, report=report)
+        (log.warning if report.skipped else log.info)("read %s", report.summary())
+        if report.events == 0:
+            from model_core.errors import BadInputError
+
+            raise BadInputError(f"{path}: no valid events ({report.summary()})")
+
+
+def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
+    from model_core.synth import SynthConfig, write_log
+
+    config = SynthConfig(users=args.users, items=args.items, events=args.events, clusters=args.clusters,
+                         days=args.days, seed=args.seed)
+    t = time.perf_counter()
+    n = write_log(args.out, config, progress=settings.progress)
+    print(f"wrote {n} events to {args.out} in {time.perf_counter() - t:.1f}s")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
+    from model_core.als import train_als
+    from model_core.errors import ConfigError
+
+    if not 0 < args.fraction <= 1:
+        raise ConfigError(f"--fraction {args.fraction} must be in (0, 1]")
+    config = _als_config(args)
+    events = _read_logs(args)
+    if args.fraction < 1:
+        ordered = sorted(events, key=lambda e: e.time)
+        events = iter(ordered[: max(1, int(len(ordered) * args.fraction))])
+    model = train_als(events, config, device=settings.device, progress=settings.progress)
+    path = model.save(args.out)
+    md = model.metadata
+    print(f"model {model.version}: {md['n_users']} users x {md['n_items']} items from {md['n_events']} events, "
+          f"trained in {md['train_seconds']}s on {md['device']} -> {path}")
+    return 0
+
+
+def _table(report: dict) -> str:
+    k = report["k"]
+    lines = [f"{'model':<12} {'HR@' + str(k):>8} {'NDCG@' + str(k):>8} {'MRR@' + str(k):>8} "
+             f"{'buyHR@' + str(k):>9} {'events/s':>9}"]
+    for name, r in report["models"].items():
+        def f(v: float | None) -> str:
+            return "-" if v is None else f"{v:.4f}"
+        lines.append(f"{name:<12} {f(r['hr']):>8} {f(r['ndcg']):>8} {f(r['mrr']):>8} {f(r['purchase_hr']):>9} "
+                     f"{(r['events_per_s'] or 0):>9.0f}")
+    lines.append(f"eval points: {report['eval_points']} ({report['purchase_eval_points']} purchases); "
+                 f"train {report['train_events']} / test {report['test_events']} events")
+    for name, lift in report.get("incremental_vs", {}).items():
+        def pct(v: float | None) -> str:
+            return "n/a" if v is None else f"{v:+.1%}"
+        lines.append(f"incremental vs {name}: HR {pct(lift['hr'])}, NDCG {pct(lift['ndcg'])}")
+    return "\n".join(lines)
+
+
+def cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
+    from model_core.evaluate import prequential
+
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    report = prequential(
+        _read_logs(args), models=models, k=args.k, train_fraction=args.train_fraction,
+        als=_als_config(args), foldin=_foldin_config(args), device=settings.device,
+        progress=settings.progress,
+    )
+    report["logs"] = [str(p) for p in args.logs]
+    print(_table(report))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+        print(f"report written to {args.json}")
+    return 0
+
+
+COMMANDS = {"generate": cmd_generate, "train": cmd_train, "evaluate": cmd_evaluate}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    debug = getattr(args, "debug", False)
+    try:
+        settings = _settings(args)
+        if not sys.stderr.isatty():
+            settings = load_settings({"device": settings.device, "log_level": settings.log_level, "progress": False})
+        logging.basicConfig(level=settings.log_level.upper(), stream=sys.stderr,
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        log.debug("settings: %s", settings.describe())
+        return COMMANDS[args.command](args, settings)
+    except FreshrecError as exc:
+        if debug:
+            raise
+        print(f"freshrec {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"freshrec {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

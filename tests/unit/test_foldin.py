@@ -1,0 +1,99 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from model_core.als import Interactions, _csr, _solve_side, fit_factors
+from model_core.config import ALSConfig
+from model_core.foldin import FoldIn
+
+CFG = ALSConfig(factors=8, regularization=0.1, alpha=3.0, iterations=5, cg_steps=0)
+
+
+def reference_solve(v: np.ndarray, rows: list[int], w: list[float], cfg: ALSConfig) -> np.ndarray:
+    """Float64 numpy solve of the iALS normal equations for one user."""
+    v = v.astype(np.float64)
+    k = v.shape[1]
+    c = 1.0 + cfg.alpha * np.asarray(w)
+    vh = v[rows]
+    a = v.T @ v + cfg.regularization * np.eye(k) + vh.T @ ((c - 1.0)[:, None] * vh)
+    return np.linalg.solve(a, vh.T @ c)
+
+
+@pytest.fixture(scope="module")
+def data() -> Interactions:
+    rng = np.random.default_rng(1)
+    n_users, n_items = 60, 40
+    cells = {(int(u), int(i)): float(rng.integers(1, 6)) for u, i in rng.integers(0, [n_users, n_items], (400, 2))}
+    rows = np.array([u for u, _ in cells], dtype=np.int64)
+    cols = np.array([i for _, i in cells], dtype=np.int64)
+    w = np.array(list(cells.values()), dtype=np.float32)
+    return Interactions([f"u{i}" for i in range(n_users)], [f"i{i}" for i in range(n_items)], rows, cols, w)
+
+
+def test_fold_in_equals_full_als_user_solve(data: Interactions) -> None:
+    users, items = fit_factors(data, CFG, device="cpu")
+    # one more exact ALS user half-step with the final item factors: the "full solve"
+    conf = 1.0 + CFG.alpha * torch.as_tensor(data.weights)
+    csr = _csr(torch.as_tensor(data.rows), torch.as_tensor(data.cols), conf, (len(data.user_ids), len(data.item_ids)))
+    full = _solve_side(torch.as_tensor(items), torch.as_tensor(users), csr, CFG.regularization, 0).numpy()
+
+    fold = FoldIn(items, CFG, device="cpu")
+    per_user = [np.flatnonzero(data.rows == u) for u in range(len(data.user_ids))]
+    width = max(len(p) for p in per_user)
+    idx = np.full((len(per_user), width), -1, dtype=np.int64)
+    w = np.zeros((len(per_user), width), dtype=np.float32)
+    for u, p in enumerate(per_user):
+        idx[u, : len(p)] = data.cols[p]
+        w[u, : len(p)] = data.weights[p]
+    got = fold.users(idx, w)
+    np.testing.assert_allclose(got, full, rtol=2e-3, atol=2e-4)
+    for u in (0, 7, 31):
+        ref = reference_solve(items, list(data.cols[per_user[u]]), list(data.weights[per_user[u]]), CFG)
+        np.testing.assert_allclose(got[u], ref, rtol=2e-3, atol=2e-4)
+
+
+def test_batch_equals_one_at_a_time_and_padding_is_ignored() -> None:
+    rng = np.random.default_rng(2)
+    v = rng.normal(size=(30, 8)).astype(np.float32)
+    fold = FoldIn(v, CFG, device="cpu")
+    idx = np.array([[3, 4, 5, -1], [7, -1, -1, -1], [1, 2, 3, 4]])
+    w = np.array([[1, 2, 3, 9], [5, 9, 9, 9], [1, 1, 1, 1]], dtype=np.float32)
+    batch = fold.users(idx, w)
+    for b in range(3):
+        keep = idx[b] >= 0
+        one = fold.users(idx[b : b + 1, keep], w[b : b + 1, keep])
+        np.testing.assert_allclose(batch[b], one[0], rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(batch[b], reference_solve(v, list(idx[b, keep]), list(w[b, keep]), CFG),
+                                   rtol=1e-3, atol=1e-5)
+    assert not fold.users(np.array([[-1, -1]]), np.zeros((1, 2), np.float32)).any()
+
+
+def test_new_item_fold_in_and_gramian_stays_exact() -> None:
+    rng = np.random.default_rng(3)
+    v = rng.normal(size=(20, 8)).astype(np.float32)
+    u = rng.normal(size=(50, 8)).astype(np.float32)
+    fold = FoldIn(v, CFG, device="cpu")
+    got = fold.items(u[None, [1, 5, 9]], np.array([[1.0, 3.0, 5.0]], np.float32), u.T @ u)[0]
+    np.testing.assert_allclose(got, reference_solve(u, [1, 5, 9], [1.0, 3.0, 5.0], CFG), rtol=1e-3, atol=1e-5)
+    row = fold.add_item(got)
+    assert row == 20 and fold.n_items == 21
+    fold.replace_item(3, np.zeros(8, np.float32))
+    full = fold.item_vectors().astype(np.float64)
+    np.testing.assert_allclose(fold._gram.numpy(), full.T @ full, rtol=1e-4, atol=1e-4)
+    for _ in range(40):  # growth past the initial capacity keeps earlier rows
+        fold.add_item(np.ones(8, np.float32))
+    np.testing.assert_array_equal(fold.item_vectors()[20], got)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device: CPU/CUDA agreement needs a GPU")
+def test_cpu_and_cuda_fold_in_agree() -> None:
+    rng = np.random.default_rng(4)
+    v = rng.normal(size=(500, 32)).astype(np.float32)
+    cfg = ALSConfig(factors=32)
+    idx = rng.integers(-1, 500, size=(256, 20))
+    w = rng.uniform(0, 5, size=(256, 20)).astype(np.float32)
+    cpu = FoldIn(v, cfg, device="cpu").users(idx, w)
+    gpu = FoldIn(v, cfg, device="cuda").users(idx, w)
+    np.testing.assert_allclose(cpu, gpu, rtol=1e-3, atol=1e-4)

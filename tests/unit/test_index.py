@@ -1,0 +1,538 @@
+"""Tests for model_core.index: ItemIndex, IndexConfig, IndexSwapper."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from pathlib import Path
+
+import faiss
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from model_core.errors import BadInputError, ConfigError, ModelIncompatibleError
+from model_core.index import IndexConfig, IndexSwapper, ItemIndex, gpu_available
+from model_core.index._cpu import NormBlockLayout
+
+DIM = 16
+
+
+def _ids(n: int, prefix: str = "i") -> list[str]:
+    return [f"{prefix}{j}" for j in range(n)]
+
+
+def _vectors(n: int, dim: int = DIM, seed: int = 0, spread: float = 0.0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    v = rng.standard_normal((n, dim), dtype=np.float32)
+    if spread:
+        v *= rng.lognormal(0.0, spread, size=(n, 1)).astype(np.float32)
+    return v
+
+
+def _clustered(n: int, dim: int, n_clusters: int = 32, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centers = rng.standard_normal((n_clusters, dim)).astype(np.float32) * 3
+    labels = rng.integers(0, n_clusters, n)
+    return (centers[labels] + rng.standard_normal((n, dim)).astype(np.float32)).astype(np.float32)
+
+
+def _brute(ids: list[str], V: np.ndarray, Q: np.ndarray, k: int) -> list[list[str]]:
+    S = Q @ V.T
+    order = np.argsort(-S, axis=1, kind="stable")[:, :k]
+    return [[ids[j] for j in row] for row in order]
+
+
+def _assert_topk(
+    got: list[list[str]], ids: list[str], V: np.ndarray, Q: np.ndarray, k: int
+) -> None:
+    """got[b] is an exact top-k of Q[b] . V (ties aside: compared by float64 scores per rank)."""
+    want = _brute(ids, V, Q, k)
+    pos = {i: j for j, i in enumerate(ids)}
+    S = Q.astype(np.float64) @ V.astype(np.float64).T
+    for b, (g, w) in enumerate(zip(got, want)):
+        assert len(g) == len(w) and len(set(g)) == len(g)
+        if g != w:
+            gs = S[b, [pos[i] for i in g]]
+            ws = np.sort(S[b, [pos[i] for i in w]])[::-1]
+            np.testing.assert_allclose(gs, ws, rtol=1e-5, atol=1e-5)
+
+
+def _hit_ids(res: list[list[tuple[str, float]]]) -> list[list[str]]:
+    return [[i for i, _ in row] for row in res]
+
+
+# --------------------------------------------------------------------- config
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"kind": "annoy"},
+        {"nlist": 0},
+        {"nprobe": 0},
+        {"hnsw_m": 1},
+        {"ef_search": 0},
+        {"pq_m": 0},
+        {"nprobe": 2.5},
+    ],
+)
+def test_config_rejects_bad_values(kwargs: dict) -> None:
+    with pytest.raises(ConfigError):
+        IndexConfig(**kwargs)
+
+
+def test_pq_m_must_divide_dim() -> None:
+    with pytest.raises(ConfigError, match="pq_m=5 must divide"):
+        ItemIndex(DIM, IndexConfig(kind="ivf-pq", pq_m=5))
+    ItemIndex(DIM, IndexConfig(kind="ivf-pq", pq_m=4))
+
+
+def test_bad_dim_and_device() -> None:
+    with pytest.raises(ConfigError):
+        ItemIndex(0)
+    with pytest.raises(ConfigError):
+        ItemIndex(DIM, device="tpu")
+    with pytest.raises(ConfigError, match="hnsw"):
+        if gpu_available():
+            ItemIndex(DIM, IndexConfig(kind="hnsw"), device="cuda")
+        else:
+            raise ConfigError("hnsw: no GPU here either")
+
+
+@pytest.mark.skipif(gpu_available(), reason="this machine has a GPU")
+def test_cuda_without_gpu_is_config_error() -> None:
+    with pytest.raises(ConfigError, match="device='cuda'"):
+        ItemIndex(DIM, device="cuda")
+    assert ItemIndex(DIM, device="auto").device == "cpu"
+
+
+# ---------------------------------------------------------------- exact search
+@pytest.mark.parametrize("spread", [0.0, 1.0])
+@pytest.mark.parametrize("n", [1, 7, 300, 5000])
+def test_flat_matches_brute_force(n: int, spread: float) -> None:
+    ids, V = _ids(n), _vectors(n, seed=n, spread=spread)
+    Q = _vectors(33, seed=99)
+    index = ItemIndex.build(ids, V)
+    assert index.kind == "flat" and index.device == "cpu"
+    assert len(index) == n and "i0" in index and "nope" not in index
+    for k in (1, 10, n + 5):
+        res = index.search(Q, k)
+        _assert_topk(_hit_ids(res), ids, V, Q, k)
+        exact = Q @ V.T
+        for b, row in enumerate(res):
+            assert len(row) == min(k, n)
+            for item_id, score in row:
+                assert score == pytest.approx(float(exact[b, int(item_id[1:])]), rel=1e-4, abs=1e-4)
+
+
+def test_search_edge_cases() -> None:
+    index = ItemIndex(DIM)
+    assert index.search(_vectors(2), 5) == [[], []]  # empty index
+    index.upsert(_ids(10), _vectors(10))
+    assert index.search(_vectors(3), 0) == [[], [], []]
+    assert index.search(np.zeros((0, DIM), np.float32), 5) == []
+    with pytest.raises(BadInputError):
+        index.search(_vectors(2, dim=DIM + 1), 5)
+    with pytest.raises(BadInputError):
+        index.search(_vectors(2)[0], 5)
+    with pytest.raises(BadInputError):
+        index.search(_vectors(2), -1)
+    with pytest.raises(BadInputError):
+        index.search(_vectors(2), 5, exclude=[[]])
+    bad = _vectors(2)
+    bad[0, 0] = np.nan
+    with pytest.raises(BadInputError):
+        index.search(bad, 5)
+
+
+def test_bad_upserts() -> None:
+    index = ItemIndex(DIM)
+    with pytest.raises(BadInputError):
+        index.upsert(["a", "a"], _vectors(2))
+    with pytest.raises(BadInputError):
+        index.upsert(["a"], _vectors(2))
+    with pytest.raises(BadInputError):
+        index.upsert("ab", _vectors(2))
+    with pytest.raises(BadInputError):
+        index.upsert([1, 2], _vectors(2))  # type: ignore[list-item]
+    with pytest.raises(BadInputError):
+        ItemIndex.build(["a"], np.zeros(DIM, np.float32))
+    assert len(index) == 0 and index.version == 0
+
+
+# ------------------------------------------------------------------ mutation
+@pytest.mark.parametrize("kind", ["flat", "hnsw", "ivf"])
+def test_upsert_remove_available(kind: str) -> None:
+    n = 2000
+    ids, V = _ids(n), _clustered(n, DIM)
+    cfg = IndexConfig(kind=kind, nlist=8, nprobe=8)  # nprobe = nlist: ivf exact
+    index = ItemIndex.build(ids, V, cfg)
+    assert index.kind == kind
+    Q = _vectors(5, seed=3)
+    v0 = index.version
+
+    # upsert existing: a vector that wins every query
+    q_star = Q.sum(axis=0)
+    big = (q_star / np.linalg.norm(q_star) * 100).astype(np.float32)
+    index.upsert(["i5"], big[None, :])
+    assert index.version == v0 + 1 and len(index) == n
+    np.testing.assert_array_equal(index.vector("i5"), big)
+    assert index.search(Q.sum(axis=0, keepdims=True), 1)[0][0][0] == "i5"
+
+    # upsert new
+    index.upsert(["new"], (big * 2)[None, :])
+    assert len(index) == n + 1 and "new" in index
+    assert _hit_ids(index.search(q_star[None, :], 2))[0] == ["new", "i5"]
+
+    # unavailable: never returned, vector kept, and restored without the vector
+    index.set_available(["new"], False)
+    assert index.version == v0 + 3 and "new" in index and not index.is_available("new")
+    assert index.vector("new") is not None
+    assert _hit_ids(index.search(q_star[None, :], 2))[0][0] == "i5"
+    assert all("new" not in r for r in _hit_ids(index.search(Q, n + 1)))
+    index.set_available(["new"], False)  # no change, no version bump
+    assert index.version == v0 + 3
+    index.set_available(["new", "unknown"], True)
+    assert _hit_ids(index.search(q_star[None, :], 2))[0] == ["new", "i5"]
+
+    # remove
+    assert index.remove(["new", "i5", "unknown"]) == 2
+    assert index.remove(["new"]) == 0
+    assert len(index) == n - 1 and "i5" not in index and index.vector("i5") is None
+    res = _hit_ids(index.search(Q, 10))
+    assert all("i5" not in r and "new" not in r and len(r) == 10 for r in res)
+    keep = [j for j in range(n) if j != 5]
+    _assert_topk(res, [ids[j] for j in keep], V[keep], Q, 10)
+
+    # re-add a removed id with its old vector: results as at the start
+    index.upsert(["i5"], V[5:6])
+    _assert_topk(_hit_ids(index.search(Q, 10)), ids, V, Q, 10)
+    assert set(index.ids()) == set(ids)
+
+
+def test_availability_after_fast_path_snapshot() -> None:
+    n = 3000
+    ids, V = _ids(n), _vectors(n, spread=1.0)
+    index = ItemIndex.build(ids, V)
+    Q = _vectors(20, seed=5)
+    first = _hit_ids(index.search(Q, 10))  # builds the norm layout
+    hidden = sorted({i for row in first for i in row[:3]})
+    index.set_available(hidden, False)
+    keep = [j for j in range(n) if ids[j] not in set(hidden)]
+    _assert_topk(_hit_ids(index.search(Q, 10)), [ids[j] for j in keep], V[keep], Q, 10)
+    assert index.n_available == n - len(hidden)
+    index.set_available(hidden, True)
+    assert _hit_ids(index.search(Q, 10)) == first
+    # most of the catalogue hidden: the layout is rebuilt, still exact
+    index.set_available(ids[: n - 5], False)
+    res = index.search(Q, 10)
+    assert all(len(r) == 5 for r in res)
+    _assert_topk(_hit_ids(res), ids[n - 5:], V[n - 5:], Q, 5)
+
+
+def test_hnsw_compacts_after_many_removals() -> None:
+    n = 500
+    ids, V = _ids(n), _vectors(n)
+    index = ItemIndex.build(ids, V, IndexConfig(kind="hnsw", hnsw_m=16))
+    for j in range(0, 200, 10):
+        index.remove(ids[j:j + 10])
+        index.upsert([f"x{j}"], V[j:j + 1])
+    assert len(index) == n - 200 + 20
+    assert index._n_dead <= 0.2 * len(index) + 10  # compacted on the way
+    res = index.search(_vectors(4, seed=1), 20)
+    assert all(len(r) == 20 for r in res)
+    assert all(not (i.startswith("i") and int(i[1:]) < 200) for r in res for i, _ in r)
+
+
+# ------------------------------------------------------------------ exclusion
+@pytest.mark.parametrize("kind", ["flat", "ivf", "hnsw"])
+def test_exclude_never_shortens(kind: str) -> None:
+    n = 2000
+    ids, V = _ids(n), _clustered(n, DIM, seed=2)
+    index = ItemIndex.build(ids, V, IndexConfig(kind=kind, nlist=8, nprobe=2))
+    Q = _vectors(6, seed=4)
+    base = _hit_ids(index.search(Q, 30))
+    rng = np.random.default_rng(0)
+    exclude = [set(base[b][: 5 * b]) | {"unknown"} | set(rng.choice(ids, 50).tolist()) for b in range(6)]
+    exclude[2] = set(ids[:1990])  # only 10 items left for this query
+    res = index.search(Q, 20, exclude=exclude)
+    for b, row in enumerate(res):
+        got = [i for i, _ in row]
+        assert not set(got) & exclude[b]
+        assert len(got) == (10 if b == 2 else 20)
+        assert len(set(got)) == len(got)
+    if kind == "flat":
+        for b in range(6):
+            keep = [j for j in range(n) if ids[j] not in exclude[b]]
+            _assert_topk(_hit_ids(res)[b:b + 1], [ids[j] for j in keep], V[keep], Q[b:b + 1], 20)
+
+
+def test_overfetch_retry_widens_approximate_search() -> None:
+    # ivf with nprobe=1 visits one list (~n/nlist items): asking for more than a
+    # list holds, or excluding most of it, forces the retry path (more fetch, more probes)
+    n = 4000
+    ids, V = _ids(n), _clustered(n, DIM, n_clusters=40, seed=7)
+    index = ItemIndex.build(ids, V, IndexConfig(kind="ivf", nlist=40, nprobe=1))
+    assert index.kind == "ivf"
+    Q = _vectors(8, seed=8)
+    res = index.search(Q, 400)
+    assert all(len(r) == 400 for r in res)
+    first = _hit_ids(index.search(Q, 100))
+    res = index.search(Q, 50, exclude=[set(r) for r in first])
+    assert all(len(r) == 50 and not set(i for i, _ in r) & set(first[b]) for b, r in enumerate(res))
+    # more than there is: everything available comes back
+    index.set_available(ids[:3000], False)
+    res = index.search(Q, 2000)
+    assert all(len(r) == 1000 for r in res)
+
+
+# ---------------------------------------------------------------- persistence
+@pytest.mark.parametrize("kind", ["flat", "ivf-sq8", "hnsw"])
+def test_save_load_roundtrip(tmp_path: Path, kind: str) -> None:
+    n = 1500
+    ids, V = _ids(n), _clustered(n, DIM, seed=3)
+    index = ItemIndex.build(ids, V, IndexConfig(kind=kind, nlist=8))
+    index.set_available(ids[:30], False)
+    index.remove(ids[30:40])
+    index.upsert(["extra"], V[:1] * 3)
+    Q = _vectors(10, seed=11)
+    path = tmp_path / "idx"
+    index.save(path)
+    loaded = ItemIndex.load(path, device="cpu")
+    assert loaded.version == index.version and loaded.kind == index.kind
+    assert loaded.config == index.config and loaded.dim == DIM
+    assert loaded.ids() == index.ids() and len(loaded) == len(index)
+    assert not loaded.is_available("i0") and "i35" not in loaded
+    np.testing.assert_array_equal(loaded.vector("i0"), V[0])
+    excl = [{"i50"}] * 10
+    assert loaded.search(Q, 20, exclude=excl) == index.search(Q, 20, exclude=excl)
+    loaded.set_available(["i0"], True)
+    assert loaded.is_available("i0")
+    # saving over an existing snapshot replaces it, leaving no temp dirs behind
+    loaded.save(path)
+    assert ItemIndex.load(path).version == loaded.version
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["idx"]
+
+
+def test_load_missing_or_corrupt(tmp_path: Path) -> None:
+    with pytest.raises(ModelIncompatibleError, match="not a directory"):
+        ItemIndex.load(tmp_path / "nothing")
+    ItemIndex.build(_ids(50), _vectors(50)).save(tmp_path / "ok")
+
+    def broken(name: str, mutate) -> Path:  # type: ignore[no-untyped-def]
+        import shutil
+
+        dst = tmp_path / name
+        shutil.copytree(tmp_path / "ok", dst)
+        mutate(dst)
+        return dst
+
+    cases = {
+        "nometa": lambda d: (d / "meta.json").unlink(),
+        "garbagemeta": lambda d: (d / "meta.json").write_text("{not json"),
+        "noindex": lambda d: (d / "index.faiss").unlink(),
+        "truncated": lambda d: (d / "index.faiss").write_bytes((d / "index.faiss").read_bytes()[:100]),
+        "vectors": lambda d: (d / "vectors.npy").write_bytes(b"x" * 10),
+        "format": lambda d: (d / "meta.json").write_text(
+            json.dumps({**json.loads((d / "meta.json").read_text()), "format": 99})
+        ),
+    }
+    for name, mutate in cases.items():
+        with pytest.raises(ModelIncompatibleError) as info:
+            ItemIndex.load(broken(name, mutate))
+        assert "\n" not in str(info.value)
+
+
+# ------------------------------------------------------------------- swapper
+def test_swapper_swaps_while_searching() -> None:
+    a = ItemIndex.build(_ids(500, "a"), _vectors(500, seed=1))
+    b = ItemIndex.build(_ids(500, "b"), _vectors(500, seed=2))
+    swapper = IndexSwapper(a)
+    Q = _vectors(16, seed=3)
+    errors: list[BaseException] = []
+    seen: set[str] = set()
+    stop = threading.Event()
+
+    def reader() -> None:
+        try:
+            while not stop.is_set():
+                for row in swapper.search(Q, 10):
+                    assert len(row) == 10
+                    prefixes = {i[0] for i, _ in row}
+                    assert len(prefixes) == 1  # one batch, one index
+                    seen.update(prefixes)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=reader) for _ in range(2)]
+    for t in threads:
+        t.start()
+    try:
+        for j in range(40):
+            old = swapper.swap(b if j % 2 == 0 else a)
+            assert old is (a if j % 2 == 0 else b)
+            # mutate the index not in use, as a rebuild would
+            old.set_available([old.ids()[0]], j % 4 < 2)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=30)
+    assert not errors, errors
+    assert seen <= {"a", "b"} and swapper.swaps == 40
+    assert swapper.current is a
+    with pytest.raises(ConfigError):
+        swapper.swap(ItemIndex(DIM + 1))
+
+
+def test_concurrent_mutation_and_search() -> None:
+    n = 2000
+    ids, V = _ids(n), _vectors(n, spread=1.0)
+    index = ItemIndex.build(ids, V)
+    Q = _vectors(32, seed=9)
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def reader() -> None:
+        try:
+            while not stop.is_set():
+                for row in index.search(Q, 10):
+                    assert len(row) == 10
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    t = threading.Thread(target=reader)
+    t.start()
+    try:
+        rng = np.random.default_rng(0)
+        for j in range(100):
+            some = rng.choice(ids, 20, replace=False).tolist()
+            index.set_available(some, j % 2 == 1)
+            index.upsert([f"n{j}"], _vectors(1, seed=j))
+            if j % 3 == 0:
+                index.remove([f"n{j}"])
+    finally:
+        stop.set()
+        t.join(timeout=30)
+    assert not errors, errors
+
+
+# ------------------------------------------------------------------- ANN kinds
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        IndexConfig(kind="ivf", nprobe=8),
+        IndexConfig(kind="ivf-sq8", nprobe=8),
+        IndexConfig(kind="ivf-pq", nprobe=8, pq_m=8),
+        IndexConfig(kind="hnsw"),
+    ],
+    ids=lambda c: c.kind,
+)
+def test_ann_recall_at_20(cfg: IndexConfig, record_property, caplog) -> None:  # type: ignore[no-untyped-def]
+    n, dim = 12_000, 32
+    ids, V = _ids(n), _clustered(n, dim, n_clusters=64, seed=5)
+    Q = _clustered(200, dim, n_clusters=64, seed=6)
+    index = ItemIndex.build(ids, V, cfg)
+    assert index.kind == cfg.kind
+    exact = _brute(ids, V, Q, 20)
+    got = _hit_ids(index.search(Q, 20))
+    recall = np.mean([len(set(g) & set(e)) / 20 for g, e in zip(got, exact)])
+    record_property(f"recall@20[{cfg.kind}]", float(recall))
+    print(f"recall@20 {cfg.kind}: {recall:.3f}")
+    assert all(len(r) == 20 for r in got)
+    assert recall > 0.5
+
+
+def test_ivf_falls_back_to_flat_when_too_few_vectors(caplog) -> None:  # type: ignore[no-untyped-def]
+    ids, V = _ids(100), _vectors(100)
+    with caplog.at_level(logging.WARNING, logger="model_core.index"):
+        index = ItemIndex.build(ids, V, IndexConfig(kind="ivf"))
+    assert index.kind == "flat" and "exact flat" in caplog.text
+    Q = _vectors(4, seed=1)
+    _assert_topk(_hit_ids(index.search(Q, 10)), ids, V, Q, 10)
+    # trained by the upsert that crosses the threshold
+    more = _clustered(2000, DIM)
+    index.upsert(_ids(2000, "m"), more)
+    assert index.kind == "ivf"
+    # nlist above n // 39 is clamped
+    with caplog.at_level(logging.WARNING, logger="model_core.index"):
+        big = ItemIndex.build(_ids(1000), _vectors(1000), IndexConfig(kind="ivf", nlist=500))
+    assert big.kind == "ivf" and big._nlist == 1000 // 39 and "clamped" in caplog.text
+
+
+# ---------------------------------------------------------------- fast path
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    n=st.integers(1, 3000),
+    dim=st.integers(1, 24),
+    b=st.integers(1, 40),
+    k=st.integers(1, 60),
+    spread=st.sampled_from([0.0, 0.5, 2.0]),
+    masked=st.floats(0.0, 0.5),
+    seed=st.integers(0, 2**16),
+)
+def test_norm_pruned_fast_path_equals_faiss_flat(
+    n: int, dim: int, b: int, k: int, spread: float, masked: float, seed: int
+) -> None:
+    rng = np.random.default_rng(seed)
+    V = _vectors(n, dim, seed=seed, spread=spread)
+    Q = rng.standard_normal((b, dim)).astype(np.float32) * rng.lognormal(0, 1, (b, 1)).astype(np.float32)
+    layout = NormBlockLayout(np.arange(n), V, block_sizes=(64, 128, 512))
+    hide = rng.random(n) < masked
+    for s in np.flatnonzero(hide):
+        layout.mask_slot(int(s))
+    keep = np.flatnonzero(~hide)
+    if len(keep) == 0:
+        assert np.all(layout.search(Q, k)[1] == -1)
+        return
+    ref = faiss.IndexFlatIP(dim)
+    ref.add(V[keep])
+    D, I = ref.search(Q, k)
+    scores, slots, frac = layout.search(Q, k)
+    assert 0.0 < frac <= 1.0
+    kk = min(k, len(keep))
+    assert np.all(slots[:, kk:] == -1)
+    ref_slots = np.where(I >= 0, keep[np.maximum(I, 0)], -1)[:, :kk]
+    np.testing.assert_allclose(scores[:, :kk], D[:, :kk], rtol=1e-4, atol=1e-4)
+    exact = Q @ V.T
+    for row in range(b):
+        got, want = slots[row, :kk], ref_slots[row]
+        if not np.array_equal(got, want):  # ties aside: same scores, same multiset of scores
+            np.testing.assert_allclose(
+                np.sort(exact[row, got]), np.sort(exact[row, want]), rtol=1e-4, atol=1e-4
+            )
+            assert len(set(got.tolist())) == kk
+
+
+def test_fast_path_prunes_skewed_norms() -> None:
+    n = 20_000
+    V = _vectors(n, 32, spread=1.0)
+    layout = NormBlockLayout(np.arange(n), V)
+    _, _, frac = layout.search(_vectors(64, 32, seed=1), 20)
+    assert frac < 0.6
+
+
+# --------------------------------------------------------------------- GPU
+_GPU_SKIP = "needs a faiss GPU build and a visible GPU (faiss.get_num_gpus() > 0)"
+
+
+@pytest.mark.skipif(not gpu_available(), reason=_GPU_SKIP)
+@pytest.mark.parametrize("kind", ["flat", "ivf"])
+def test_gpu_matches_cpu(kind: str) -> None:
+    n = 5000
+    ids, V = _ids(n), _clustered(n, DIM, seed=12)
+    cfg = IndexConfig(kind=kind, nlist=16, nprobe=16)
+    cpu = ItemIndex.build(ids, V, cfg, device="cpu")
+    gpu = ItemIndex.build(ids, V, cfg, device="cuda")
+    assert gpu.device == "cuda"
+    Q = _vectors(64, seed=13)
+    for index in (cpu, gpu):
+        index.set_available(ids[:50], False)
+        index.remove(ids[50:60])
+        index.upsert(["z"], V[:1] * 5)
+    excl = [set(ids[100 + j: 110 + j]) for j in range(64)]
+    rc, rg = cpu.search(Q, 20, exclude=excl), gpu.search(Q, 20, exclude=excl)
+    for a, b in zip(rc, rg):
+        assert len(a) == len(b) == 20
+        np.testing.assert_allclose([s for _, s in a], [s for _, s in b], rtol=1e-3, atol=1e-3)
+        assert len({i for i, _ in a} & {i for i, _ in b}) >= 19  # ties at the boundary aside
