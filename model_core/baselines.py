@@ -78,7 +78,8 @@ class Trending:
                 self._s.scores /= scale
                 self._anchor = ev.time
                 scale = 1.0
-            self._s.scores[self._s.row(ev.item_id)] += self.weights.of(ev) * scale
+            row = self._s.row(ev.item_id)  # may grow the array: index after
+            self._s.scores[row] += self.weights.of(ev) * scale
 
     def top(self, k: int, exclude: Collection[str] = ()) -> list[tuple[str, float]]:
         """The k most trending items not in ``exclude``, best first."""
@@ -94,7 +95,8 @@ class Popular:
 
     def fit(self, events: Iterable[Event]) -> None:
         for ev in events:
-            self._s.scores[self._s.row(ev.item_id)] += self.weights.of(ev)
+            row = self._s.row(ev.item_id)
+            self._s.scores[row] += self.weights.of(ev)
 
     def top(self, k: int, exclude: Collection[str] = ()) -> list[tuple[str, float]]:
         return self._s.top(k, exclude)

@@ -8,6 +8,14 @@ a query's current k-th best score exceeds ``||q|| * m`` for the next block, no
 later block can enter its top-k (norms only decrease), and the query drops out.
 The result is exact by construction; on item factors with skewed norms (iALS:
 popularity) most of the tail is never scored.
+
+Rows can be appended after the snapshot (:meth:`NormBlockLayout.append`): they
+go to an unsorted *tail* that every query scores first, as one extra block (it
+seeds the k-th best threshold, which only helps the pruning of the sorted
+blocks). Replacing an item's vector masks its old row and appends the new one,
+so upserts never sort; the owner rebuilds the snapshot once the tail has grown
+(see :meth:`NormBlockLayout.needs_rebuild`), which amortises the sort to O(1)
+per appended row.
 """
 
 from __future__ import annotations
@@ -22,6 +30,11 @@ BLOCK_SIZES: tuple[int, ...] = (2048, 2048, 4096, 8192, 16384)
 _CHUNK_CELLS = 1 << 21
 #: relative slack on the Cauchy-Schwarz bound against float32 rounding in sgemm.
 _BOUND_SLACK = 1e-4
+#: rebuild once the tail holds more than max(TAIL_MIN_ROWS, TAIL_RATIO * sorted rows) rows.
+TAIL_MIN_ROWS = 2048
+TAIL_RATIO = 0.05
+#: ... or once more than this share of all rows (sorted and tail) is masked.
+MASKED_RATIO = 0.25
 
 
 class NormBlockLayout:
@@ -29,11 +42,17 @@ class NormBlockLayout:
 
     slots: [m] int64 item slot of each row; vecs: [m, dim] float32;
     norms: [m] float64. Rows can be masked (item removed or made unavailable
-    after the snapshot) without rebuilding; a masked row never comes back.
+    after the snapshot) without rebuilding, and rows appended to an unsorted
+    tail (:meth:`append`). Rows are numbered ``0..m-1`` (sorted part) then
+    ``m..m+n_tail-1`` (tail); ``row_of_slot`` maps a slot to its current row,
+    or -1. A row whose slot was re-appended or dropped is masked for good.
     """
 
     def __init__(self, slots: np.ndarray, vecs: np.ndarray, block_sizes: tuple[int, ...] = BLOCK_SIZES) -> None:
         vecs = np.asarray(vecs, dtype=np.float32)
+        if vecs.ndim != 2:
+            raise ValueError(f"vecs must be 2-D [m, dim], got shape {vecs.shape}")
+        self.dim = int(vecs.shape[1])
         # float32 sums of squares: the relative error (~dim * 6e-8) is far inside _BOUND_SLACK
         norms = np.sqrt(np.einsum("ij,ij->i", vecs, vecs).astype(np.float64))
         order = np.argsort(-norms, kind="stable")
@@ -52,36 +71,137 @@ class NormBlockLayout:
         self.block_max = self.norms[self.starts] if m else np.zeros(0)
         self.masked = np.zeros(m, dtype=bool)
         self.masked_per_block = np.zeros(len(starts), dtype=np.int64)
-        self.n_masked = 0
-        #: slot -> row, for masking
+        self.n_masked = 0  # masked rows, sorted part and tail together
+        #: slot -> row (sorted part, then tail), -1 if the slot has no visible row
         self.row_of_slot = np.full(int(self.slots.max()) + 1 if m else 0, -1, dtype=np.int64)
         self.row_of_slot[self.slots] = np.arange(m)
         self.max_block = int(max((e - s for s, e in zip(self.starts, self.ends)), default=1))
+        # unsorted tail of appended rows (capacity grown by doubling)
+        self.n_tail = 0
+        self.n_tail_masked = 0
+        self.tail_slots = np.zeros(0, dtype=np.int64)
+        self.tail_vecs = np.zeros((0, self.dim), dtype=np.float32)
+        self.tail_masked = np.zeros(0, dtype=bool)
 
     def __len__(self) -> int:
+        """Rows, masked included: sorted part plus tail."""
+        return len(self.slots) + self.n_tail
+
+    @property
+    def n_sorted(self) -> int:
         return len(self.slots)
 
+    def needs_rebuild(
+        self, tail_min: int = TAIL_MIN_ROWS, tail_ratio: float = TAIL_RATIO, masked_ratio: float = MASKED_RATIO
+    ) -> bool:
+        """True when a fresh snapshot would search faster: long tail or many masked rows."""
+        return (
+            self.n_tail > max(tail_min, tail_ratio * len(self.slots))
+            or self.n_masked > masked_ratio * max(1, len(self))
+        )
+
+    def _row(self, slot: int) -> int:
+        return int(self.row_of_slot[slot]) if 0 <= slot < len(self.row_of_slot) else -1
+
+    def _set_masked(self, row: int, flag: bool) -> None:
+        m = len(self.slots)
+        if row < m:
+            if self.masked[row] == flag:
+                return
+            self.masked[row] = flag
+            self.masked_per_block[np.searchsorted(self.starts, row, side="right") - 1] += 1 if flag else -1
+        else:
+            t = row - m
+            if self.tail_masked[t] == flag:
+                return
+            self.tail_masked[t] = flag
+            self.n_tail_masked += 1 if flag else -1
+        self.n_masked += 1 if flag else -1
+
     def mask_slot(self, slot: int) -> bool:
-        """Hide an item; False if it is not in this snapshot (no-op)."""
-        row = int(self.row_of_slot[slot]) if 0 <= slot < len(self.row_of_slot) else -1
+        """Hide an item; False if it has no row here (no-op)."""
+        row = self._row(slot)
         if row < 0:
             return False
-        if not self.masked[row]:
-            self.masked[row] = True
-            self.masked_per_block[np.searchsorted(self.starts, row, side="right") - 1] += 1
-            self.n_masked += 1
+        self._set_masked(row, True)
         return True
 
     def unmask_slot(self, slot: int) -> bool:
-        """Show a masked item again; False if it is not in this snapshot."""
-        row = int(self.row_of_slot[slot]) if 0 <= slot < len(self.row_of_slot) else -1
+        """Show a masked item again; False if it has no row here."""
+        row = self._row(slot)
         if row < 0:
             return False
-        if self.masked[row]:
-            self.masked[row] = False
-            self.masked_per_block[np.searchsorted(self.starts, row, side="right") - 1] -= 1
-            self.n_masked -= 1
+        self._set_masked(row, False)
         return True
+
+    def drop_slots(self, slots: np.ndarray) -> None:
+        """Mask the rows of ``slots`` for good and forget them (absent slots are ignored)."""
+        slots = np.asarray(slots, dtype=np.int64).ravel()
+        slots = slots[(slots >= 0) & (slots < len(self.row_of_slot))]
+        if not len(slots):
+            return
+        rows = self.row_of_slot[slots]
+        rows = np.unique(rows[rows >= 0])
+        if not len(rows):
+            return
+        self.row_of_slot[slots] = -1
+        m = len(self.slots)
+        srows, trows = rows[rows < m], rows[rows >= m] - m
+        srows = srows[~self.masked[srows]]
+        if len(srows):
+            self.masked[srows] = True
+            blocks = np.searchsorted(self.starts, srows, side="right") - 1
+            self.masked_per_block += np.bincount(blocks, minlength=len(self.starts))
+        trows = trows[~self.tail_masked[trows]]
+        if len(trows):
+            self.tail_masked[trows] = True
+            self.n_tail_masked += len(trows)
+        self.n_masked += len(srows) + len(trows)
+
+    def append(self, slots: np.ndarray, vecs: np.ndarray) -> None:
+        """Add rows ``vecs`` [a, dim] for ``slots`` [a] to the tail, visible.
+
+        A slot that already has a row is replaced: its old row is masked for
+        good. Amortised O(a * dim): no sorting.
+        """
+        slots = np.asarray(slots, dtype=np.int64).ravel()
+        vecs = np.asarray(vecs, dtype=np.float32).reshape(len(slots), self.dim)
+        if not len(slots):
+            return
+        if len(np.unique(slots)) != len(slots):  # keep the last row of each slot
+            rev = slots[::-1]
+            _, first = np.unique(rev, return_index=True)
+            keep = np.sort(len(slots) - 1 - first)
+            slots, vecs = slots[keep], vecs[keep]
+        self.drop_slots(slots)
+        top = int(slots.max()) + 1
+        if top > len(self.row_of_slot):
+            grown = np.full(max(top, 2 * len(self.row_of_slot)), -1, dtype=np.int64)
+            grown[: len(self.row_of_slot)] = self.row_of_slot
+            self.row_of_slot = grown
+        a, t = len(slots), self.n_tail
+        if t + a > len(self.tail_slots):
+            cap = max(64, t + a, 2 * len(self.tail_slots))
+            ts = np.zeros(cap, dtype=np.int64)
+            tv = np.zeros((cap, self.dim), dtype=np.float32)
+            tm = np.zeros(cap, dtype=bool)
+            ts[:t], tv[:t], tm[:t] = self.tail_slots[:t], self.tail_vecs[:t], self.tail_masked[:t]
+            self.tail_slots, self.tail_vecs, self.tail_masked = ts, tv, tm
+        self.tail_slots[t:t + a] = slots
+        self.tail_vecs[t:t + a] = vecs
+        self.tail_masked[t:t + a] = False
+        self.row_of_slot[slots] = len(self.slots) + t + np.arange(a)
+        self.n_tail = t + a
+
+    def _slots_of_rows(self, rows: np.ndarray) -> np.ndarray:
+        m = len(self.slots)
+        out = np.full(rows.shape, -1, dtype=np.int64)
+        sel = (rows >= 0) & (rows < m)
+        out[sel] = self.slots[rows[sel]]
+        sel = rows >= m
+        if sel.any():
+            out[sel] = self.tail_slots[rows[sel] - m]
+        return out
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, float]:
         """Exact top-``k`` by inner product among unmasked rows.
@@ -92,11 +212,11 @@ class NormBlockLayout:
         (query, item) products actually computed.
         """
         B = queries.shape[0]
-        m = len(self.slots)
+        m = len(self)
         k = min(k, m)
         if B == 0 or k <= 0:
             return (np.full((B, max(k, 0)), -np.inf, np.float32), np.full((B, max(k, 0)), -1, np.int64), 0.0)
-        chunk = max(1, _CHUNK_CELLS // self.max_block)
+        chunk = max(1, _CHUNK_CELLS // max(self.max_block, self.n_tail))
         out_v = np.empty((B, k), np.float32)
         out_s = np.empty((B, k), np.int64)
         scored = 0
@@ -105,7 +225,7 @@ class NormBlockLayout:
             v, rows, n_scored = self._search_chunk(q, k)
             scored += n_scored
             out_v[c0:c0 + chunk] = v
-            out_s[c0:c0 + chunk] = np.where(rows >= 0, self.slots[np.maximum(rows, 0)], -1)
+            out_s[c0:c0 + chunk] = self._slots_of_rows(rows)
         return out_v, out_s, scored / float(B * m)
 
     def _search_chunk(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, int]:
@@ -121,9 +241,16 @@ class NormBlockLayout:
         rows = np.full((b, k), -1, dtype=np.int64)
         kth = np.full(b, -np.inf, dtype=np.float32)  # current k-th best per query
         scored = 0
+        t = self.n_tail
+        if t:  # the tail first, for every query: no norm bound, but it seeds kth
+            scores = q @ self.tail_vecs[:t].T
+            scored += scores.size
+            if self.n_tail_masked:
+                scores[:, np.flatnonzero(self.tail_masked[:t])] = -np.inf
+            _merge_block(scores, len(self.slots), k, vals, rows, kth)
         for j in range(len(self.starts)):
             s, e = int(self.starts[j]), int(self.ends[j])
-            if j == 0:
+            if j == 0 and not t:
                 act = None
             else:
                 # skip the block where ||q|| * max_norm(block) < k-th best score

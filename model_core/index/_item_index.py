@@ -29,7 +29,6 @@ SearchResult = list[list[tuple[str, float]]]
 _FREE, _LIVE, _DEAD = 0, 1, 2  # slot states; DEAD = removed but still in an hnsw graph
 _FORMAT = 1
 _HNSW_COMPACT_RATIO = 0.2  # rebuild hnsw when dead entries exceed 20% of live ones
-_LAYOUT_MASKED_RATIO = 0.25  # rebuild the fast-path layout past 25% masked rows
 _MAX_RETRIES = 24
 
 
@@ -48,6 +47,13 @@ class ItemIndex:
     enough of them (at :meth:`build`, or at the :meth:`upsert` that crosses the
     threshold), and stay exact flat below it; ``hnsw`` cannot delete, so removed
     items are hidden and the graph is rebuilt once they exceed 20% of the live ones.
+
+    While the kind is ``flat`` no search reads the faiss index (CPU: the fast
+    path; GPU: a mirror of the vector store), so upserts and removals do not
+    touch it: they mark it stale, and it is rebuilt from the vector store when
+    something reads it (:meth:`save`, or any use of ``_faiss``). The fast-path
+    layout takes upserts into an unsorted tail and re-sorts lazily once that
+    tail has grown, so small upserts cost O(dim) amortised, not O(n).
 
     Attributes: ``dim``; ``config``; ``device`` (``"cpu"`` or ``"cuda"``,
     resolved once here); ``version`` (incremented by every mutation).
@@ -73,7 +79,8 @@ class ItemIndex:
         self._n_dead = 0
         self._n_unavail = 0
         self._kind, self._nlist = plan_kind(config, 0)
-        self._faiss: faiss.Index = new_faiss_index(config, self.dim, self._kind, self._nlist)
+        self._faiss_index: faiss.Index = new_faiss_index(config, self.dim, self._kind, self._nlist)
+        self._faiss_stale = False  # flat only: _faiss_index lags the vector store
         self._struct_version = 0  # bumped when faiss content changes
         self._avail_version = 0  # bumped when availability changes
         self._layout: NormBlockLayout | None = None
@@ -114,6 +121,19 @@ class ItemIndex:
         return self._kind
 
     @property
+    def _faiss(self) -> faiss.Index:
+        """The CPU faiss index, brought up to date first if upserts/removals left it stale."""
+        with self._lock:
+            if self._faiss_stale:
+                self._materialise_flat()
+            return self._faiss_index
+
+    @_faiss.setter
+    def _faiss(self, index: faiss.Index) -> None:
+        self._faiss_index = index
+        self._faiss_stale = False
+
+    @property
     def n_available(self) -> int:
         """Number of items a search may return."""
         return len(self._slot_of) - self._n_unavail
@@ -151,8 +171,10 @@ class ItemIndex:
     def upsert(self, ids: Sequence[str], vectors: np.ndarray) -> None:
         """Add new items or replace the vectors of existing ones; ``vectors`` [n, dim].
 
-        No rebuild: flat/ivf remove and re-add the changed labels, hnsw hides the
-        old entry. New items are available; existing ones keep their availability.
+        No rebuild: ivf removes and re-adds the changed labels, hnsw hides the
+        old entry, flat only marks its faiss index stale (see the class notes)
+        and appends to the fast-path layout's tail. New items are available;
+        existing ones keep their availability.
         """
         ids_list = _check_ids(ids)
         vecs = self._check_vectors(vectors, "vectors")
@@ -162,9 +184,10 @@ class ItemIndex:
             return
         with self._lock:
             graph = self._kind == "hnsw"
+            lazy = self._kind == "flat"  # nothing searches the faiss flat index: defer it
             old = [self._slot_of.get(i) for i in ids_list]
             replaced = np.array([s for s in old if s is not None], np.int64)
-            if len(replaced) and not graph:
+            if len(replaced) and not graph and not lazy:
                 self._faiss.remove_ids(replaced)
             slots = np.empty(len(ids_list), np.int64)
             for j, (item_id, prev) in enumerate(zip(ids_list, old)):
@@ -185,14 +208,16 @@ class ItemIndex:
                     self._ids[prev] = None
                     self._n_dead += 1
             self._vecs[slots] = vecs
-            self._layout = None
+            self._update_layout(old, slots, vecs)
             trained_now = False
             if self.config.is_ivf and self._kind == "flat":
                 kind, _ = plan_kind(self.config, len(self._slot_of))
                 if kind != "flat":
                     self._rebuild_faiss()
                     trained_now = True
-            if not trained_now:
+            if lazy and not trained_now:
+                self._faiss_stale = True
+            elif not trained_now:
                 self._faiss.add_with_ids(vecs, slots)
                 if graph and self._n_dead > _HNSW_COMPACT_RATIO * max(1, len(self._slot_of)):
                     self._rebuild_faiss()
@@ -213,12 +238,16 @@ class ItemIndex:
                     self._n_unavail -= 1
                 self._avail[slot] = False
                 self._ids[slot] = None
-                if self._layout is not None:
-                    self._layout.mask_slot(slot)
             if not slots:
                 return 0
             arr = np.asarray(slots, np.int64)
-            if self._kind == "hnsw":
+            if self._layout is not None:
+                self._layout.drop_slots(arr)
+            if self._kind == "flat":  # see upsert: the faiss flat index is rebuilt when read
+                self._faiss_stale = True
+                self._state[arr] = _FREE
+                self._free.extend(slots)
+            elif self._kind == "hnsw":
                 self._state[arr] = _DEAD
                 self._n_dead += len(slots)
                 if self._n_dead > _HNSW_COMPACT_RATIO * max(1, len(self._slot_of)):
@@ -249,8 +278,8 @@ class ItemIndex:
                 self._n_unavail += -1 if flag else 1
                 if self._layout is not None:
                     ok = self._layout.unmask_slot(slot) if flag else self._layout.mask_slot(slot)
-                    if not ok and flag:
-                        self._layout = None  # was not in the snapshot: rebuild lazily
+                    if not ok and flag:  # not in the snapshot: into its tail
+                        self._layout.append(np.array([slot], np.int64), self._vecs[slot:slot + 1])
             if changed:
                 self._avail_version += 1
                 self.version += 1
@@ -625,9 +654,35 @@ class ItemIndex:
         order = np.argsort(-scores, axis=1, kind="stable")
         return np.take_along_axis(scores, order, axis=1), np.take_along_axis(labels, order, axis=1)
 
+    def _update_layout(self, old: list[int | None], slots: np.ndarray, vecs: np.ndarray) -> None:
+        """Fold an upsert into the fast-path layout: old rows masked, new vectors in its tail."""
+        layout = self._layout
+        if layout is None:
+            return
+        if self._kind != "flat":  # only the flat kind searches it
+            self._layout = None
+            return
+        gone = [p for p, s in zip(old, slots.tolist()) if p is not None and p != s]
+        if gone:
+            layout.drop_slots(np.asarray(gone, np.int64))
+        avail = self._avail[slots]
+        if not avail.all():
+            layout.drop_slots(slots[~avail])
+        if avail.any():
+            layout.append(slots[avail], vecs[avail])
+
+    def _materialise_flat(self) -> None:
+        """Rebuild the stale faiss flat index from the live vectors (labels = slots)."""
+        live = np.flatnonzero(self._state[: len(self._ids)] == _LIVE)
+        index = new_faiss_index(self.config, self.dim, "flat", 0)
+        if len(live):
+            index.add_with_ids(self._vecs[live], live.astype(np.int64))
+        self._faiss_index = index
+        self._faiss_stale = False
+
     def _get_layout(self) -> NormBlockLayout:
         layout = self._layout
-        if layout is None or layout.n_masked > _LAYOUT_MASKED_RATIO * max(1, len(layout)):
+        if layout is None or layout.needs_rebuild():
             slots = np.flatnonzero(self._avail)
             layout = NormBlockLayout(slots, self._vecs[slots])
             self._layout = layout

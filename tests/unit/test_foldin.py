@@ -6,7 +6,7 @@ import torch
 
 from model_core.als import Interactions, _csr, _solve_side, fit_factors
 from model_core.config import ALSConfig
-from model_core.foldin import FoldIn
+from model_core.foldin import FoldIn, solve_batched
 
 CFG = ALSConfig(factors=8, regularization=0.1, alpha=3.0, iterations=5, cg_steps=0)
 
@@ -32,14 +32,16 @@ def data() -> Interactions:
     return Interactions([f"u{i}" for i in range(n_users)], [f"i{i}" for i in range(n_items)], rows, cols, w)
 
 
-def test_fold_in_equals_full_als_user_solve(data: Interactions) -> None:
-    users, items = fit_factors(data, CFG, device="cpu")
+@pytest.mark.parametrize("factors", [4, 32])  # H >= k: direct Cholesky; H < k: Woodbury
+def test_fold_in_equals_full_als_user_solve(data: Interactions, factors: int) -> None:
+    cfg = ALSConfig(factors=factors, regularization=0.1, alpha=3.0, iterations=5, cg_steps=0)
+    users, items = fit_factors(data, cfg, device="cpu")
     # one more exact ALS user half-step with the final item factors: the "full solve"
-    conf = 1.0 + CFG.alpha * torch.as_tensor(data.weights)
+    conf = 1.0 + cfg.alpha * torch.as_tensor(data.weights)
     csr = _csr(torch.as_tensor(data.rows), torch.as_tensor(data.cols), conf, (len(data.user_ids), len(data.item_ids)))
-    full = _solve_side(torch.as_tensor(items), torch.as_tensor(users), csr, CFG.regularization, 0).numpy()
+    full = _solve_side(torch.as_tensor(items), torch.as_tensor(users), csr, cfg.regularization, 0).numpy()
 
-    fold = FoldIn(items, CFG, device="cpu")
+    fold = FoldIn(items, cfg, device="cpu")
     per_user = [np.flatnonzero(data.rows == u) for u in range(len(data.user_ids))]
     width = max(len(p) for p in per_user)
     idx = np.full((len(per_user), width), -1, dtype=np.int64)
@@ -50,18 +52,30 @@ def test_fold_in_equals_full_als_user_solve(data: Interactions) -> None:
     got = fold.users(idx, w)
     np.testing.assert_allclose(got, full, rtol=2e-3, atol=2e-4)
     for u in (0, 7, 31):
-        ref = reference_solve(items, list(data.cols[per_user[u]]), list(data.weights[per_user[u]]), CFG)
+        ref = reference_solve(items, list(data.cols[per_user[u]]), list(data.weights[per_user[u]]), cfg)
         np.testing.assert_allclose(got[u], ref, rtol=2e-3, atol=2e-4)
+
+
+def test_woodbury_and_direct_solves_agree() -> None:
+    rng = np.random.default_rng(7)
+    k = 48
+    v = rng.normal(size=(400, k)).astype(np.float32) * rng.lognormal(size=(400, 1)).astype(np.float32)
+    gram_reg = torch.as_tensor(v.T @ v + 0.05 * np.eye(k), dtype=torch.float32)
+    f = torch.as_tensor(v[rng.integers(0, 400, size=(64, 9))])
+    conf = torch.as_tensor(1.0 + 3.0 * rng.uniform(0, 5, size=(64, 9)), dtype=torch.float32)
+    direct = solve_batched(gram_reg, f, conf)
+    wood = solve_batched(gram_reg, f, conf, torch.linalg.inv(gram_reg.double()).float())
+    np.testing.assert_allclose(wood.numpy(), direct.numpy(), rtol=1e-3, atol=1e-5 * float(direct.abs().max()))
 
 
 def test_batch_equals_one_at_a_time_and_padding_is_ignored() -> None:
     rng = np.random.default_rng(2)
     v = rng.normal(size=(30, 8)).astype(np.float32)
     fold = FoldIn(v, CFG, device="cpu")
-    idx = np.array([[3, 4, 5, -1], [7, -1, -1, -1], [1, 2, 3, 4]])
-    w = np.array([[1, 2, 3, 9], [5, 9, 9, 9], [1, 1, 1, 1]], dtype=np.float32)
+    idx = np.array([[3, 4, 5, -1], [7, -1, -1, -1], [1, 2, 3, 4], [-1, 9, -1, 2]])
+    w = np.array([[1, 2, 3, 9], [5, 9, 9, 9], [1, 1, 1, 1], [9, 2, 9, 4]], dtype=np.float32)
     batch = fold.users(idx, w)
-    for b in range(3):
+    for b in range(4):
         keep = idx[b] >= 0
         one = fold.users(idx[b : b + 1, keep], w[b : b + 1, keep])
         np.testing.assert_allclose(batch[b], one[0], rtol=1e-4, atol=1e-6)
