@@ -512,6 +512,219 @@ def test_fast_path_prunes_skewed_norms() -> None:
     assert frac < 0.6
 
 
+
+def _layout_brute(ref: dict[int, np.ndarray], Q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k over the visible rows of a reference {slot: vector}: (slots [m], scores [B, m] float64)."""
+    slots = np.array(sorted(ref), np.int64)
+    if not len(slots):
+        return slots, np.zeros((len(Q), 0))
+    V = np.stack([ref[s] for s in slots.tolist()]).astype(np.float64)
+    return slots, Q.astype(np.float64) @ V.T
+
+
+def _check_layout(layout: NormBlockLayout, ref: dict[int, np.ndarray], Q: np.ndarray, k: int) -> None:
+    scores, slots, _ = layout.search(Q, k)
+    keep, S = _layout_brute(ref, Q, k)
+    kk = min(k, len(keep))
+    assert np.all(slots[:, kk:] == -1)
+    for b in range(len(Q)):
+        got = slots[b, :kk]
+        assert len(set(got.tolist())) == kk and all(int(x) in ref for x in got)
+        pos = np.searchsorted(keep, got)
+        want = np.sort(S[b])[::-1][:kk]
+        np.testing.assert_allclose(S[b, pos], want, rtol=1e-4, atol=1e-4)  # exact top-k, ties aside
+        np.testing.assert_allclose(scores[b, :kk], S[b, pos], rtol=1e-4, atol=1e-4)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    n=st.integers(0, 600),
+    dim=st.integers(1, 12),
+    k=st.integers(1, 40),
+    spread=st.sampled_from([0.0, 1.0, 3.0]),
+    seed=st.integers(0, 2**16),
+)
+def test_layout_tail_appends_stay_exact(n: int, dim: int, k: int, spread: float, seed: int) -> None:
+    """Appends (new and replaced slots), masks, unmasks and drops on a snapshot equal brute force."""
+    rng = np.random.default_rng(seed)
+    V = _vectors(n, dim, seed=seed, spread=spread)
+    layout = NormBlockLayout(np.arange(n), V, block_sizes=(16, 32, 64))
+    vec: dict[int, np.ndarray] = {s: V[s] for s in range(n)}  # slot -> current vector
+    hidden: set[int] = set()
+    next_slot = n
+    for step in range(120):
+        op = rng.integers(0, 6)
+        if op == 0 or not vec:  # new slot(s), possibly far beyond row_of_slot
+            a = int(rng.integers(1, 4))
+            new = np.arange(next_slot, next_slot + a) + int(rng.integers(0, 3)) * 50
+            next_slot = int(new[-1]) + 1
+            nv = _vectors(a, dim, seed=seed + step + 1, spread=spread) * 2
+            layout.append(new, nv)
+            vec.update({int(s): v for s, v in zip(new, nv)})
+        elif op == 1:  # replace existing (hidden ones come back visible, like a re-add)
+            s = int(rng.choice(sorted(vec)))
+            v = _vectors(1, dim, seed=seed + 7 * step, spread=spread)[0] * float(rng.choice([0.1, 1, 10]))
+            layout.append(np.array([s]), v[None, :])
+            vec[s] = v
+            hidden.discard(s)
+        elif op == 2:
+            s = int(rng.choice(sorted(vec)))
+            assert layout.mask_slot(s)
+            hidden.add(s)
+        elif op == 3 and hidden:
+            s = int(rng.choice(sorted(hidden)))
+            assert layout.unmask_slot(s)
+            hidden.discard(s)
+        elif op == 4:
+            s = int(rng.choice(sorted(vec)))
+            layout.drop_slots(np.array([s, 10**6]))
+            del vec[s]
+            hidden.discard(s)
+            assert not layout.mask_slot(s) and not layout.unmask_slot(s)
+        if step % 10 == 0 or op == 5:
+            Q = rng.standard_normal((int(rng.integers(1, 5)), dim)).astype(np.float32)
+            _check_layout(layout, {s: v for s, v in vec.items() if s not in hidden}, Q, k)
+    assert layout.n_masked == int(layout.masked.sum() + layout.tail_masked[: layout.n_tail].sum())
+    assert len(layout) == n + layout.n_tail
+
+
+def _reference_search(
+    ref: dict[str, np.ndarray], avail: set[str], Q: np.ndarray, k: int
+) -> tuple[list[str], np.ndarray]:
+    ids = [i for i in ref if i in avail]
+    V = np.stack([ref[i] for i in ids]) if ids else np.zeros((0, Q.shape[1]), np.float32)
+    return ids, V
+
+
+@pytest.mark.parametrize("tail_min", [2048, 40])
+def test_interleaved_upserts_and_searches_stay_exact(tail_min: int, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Many small upserts (new and replaced), removals and availability flips between
+    searches: every result equals numpy brute force, across tail-triggered rebuilds."""
+    from model_core.index import _cpu
+
+    monkeypatch.setattr(_cpu, "TAIL_MIN_ROWS", tail_min)
+    monkeypatch.setattr(_cpu, "TAIL_RATIO", 0.05)
+    n = 1500
+    rng = np.random.default_rng(tail_min)
+    ids, V = _ids(n), _vectors(n, spread=1.0)
+    index = ItemIndex.build(ids, V)
+    ref = {i: V[j] for j, i in enumerate(ids)}
+    avail = set(ids)
+    index.search(V[:1], 5)  # snapshot the layout
+    first_layout = index._layout
+    n_new, rebuilds, last = 0, 0, first_layout
+    steps = 2300 if tail_min == 2048 else 400
+    for step in range(steps):
+        r = rng.random()
+        if r < 0.45:  # a new item
+            item = f"new{n_new}"
+            n_new += 1
+            v = _vectors(1, seed=10_000 + step, spread=1.0) * float(rng.choice([0.5, 1.0, 4.0]))
+            index.upsert([item], v)
+            ref[item] = v[0]
+            avail.add(item)
+        elif r < 0.85:  # refine existing ones (1-3, some unavailable)
+            items = list(dict.fromkeys(rng.choice(list(ref), int(rng.integers(1, 4))).tolist()))
+            vs = _vectors(len(items), seed=20_000 + step, spread=1.0) * float(rng.choice([0.2, 1.0, 5.0]))
+            index.upsert(items, vs)
+            ref.update(zip(items, vs))
+        elif r < 0.9:
+            item = str(rng.choice(list(ref)))
+            assert index.remove([item]) == 1
+            del ref[item]
+            avail.discard(item)
+        else:
+            items = rng.choice(list(ref), 3).tolist()
+            flag = bool(rng.random() < 0.5)
+            index.set_available(items, flag)
+            avail = avail | set(items) if flag else avail - set(items)
+        if index._layout is not last and index._layout is not None:
+            rebuilds += 1
+        if step % (25 if tail_min == 2048 else 3) == 0 or step == steps - 1:
+            B = int(rng.choice([1, 1, 7]))
+            Q = _vectors(B, seed=30_000 + step)
+            k = int(rng.choice([1, 10, 25]))
+            excl = None
+            if rng.random() < 0.3:
+                excl = [set(rng.choice(list(ref), 5).tolist()) for _ in range(B)]
+            res = index.search(Q, k, exclude=excl)
+            last = index._layout
+            for b in range(B):
+                keep = [i for i in ref if i in avail and not (excl and i in excl[b])]
+                Vk = np.stack([ref[i] for i in keep])
+                _assert_topk(_hit_ids(res[b:b + 1]), keep, Vk, Q[b:b + 1], k)
+                for item, score in res[b]:
+                    assert abs(score - float(Q[b] @ ref[item])) <= 1e-4 * max(1.0, abs(score))
+    assert len(index) == len(ref) and index.n_available == len(avail)
+    assert last is not first_layout  # the tail crossed its threshold: re-sorted lazily
+    assert last is not None and last.n_tail <= max(tail_min, 0.05 * last.n_sorted) + 3
+    # the lazily kept faiss flat index, once read, holds exactly the live vectors
+    fi = index._faiss
+    assert not index._faiss_stale and fi.ntotal == len(ref)
+    for item in list(ref)[:: max(1, len(ref) // 50)]:
+        np.testing.assert_array_equal(fi.reconstruct(index._slot_of[item]), ref[item])
+
+
+def _same_results(a: list[list[tuple[str, float]]], b: list[list[tuple[str, float]]]) -> None:
+    """Same ids in the same order, scores equal up to float32 rounding (a tail row and a
+    sorted row are scored by differently blocked sgemms)."""
+    assert _hit_ids(a) == _hit_ids(b)
+    for ra, rb in zip(a, b):
+        np.testing.assert_allclose([s for _, s in ra], [s for _, s in rb], rtol=1e-6, atol=1e-6)
+
+
+def test_flat_upsert_defers_faiss_and_save_roundtrips(tmp_path: Path) -> None:
+    n = 800
+    ids, V = _ids(n), _vectors(n, spread=0.5)
+    index = ItemIndex.build(ids, V)
+    Q = _vectors(9, seed=2)
+    index.search(Q, 5)
+    ntotal_before = index._faiss_index.ntotal
+    for j in range(60):
+        index.upsert([f"x{j}" if j % 2 else ids[j]], _vectors(1, seed=100 + j) * 3)
+    index.remove(ids[100:110])
+    index.set_available(ids[200:205], False)
+    index.upsert([ids[201]], V[201:202] * 7)  # unavailable and replaced: stays unavailable
+    assert index._faiss_stale and index._faiss_index.ntotal == ntotal_before  # untouched: no O(n) work
+    assert not index.is_available(ids[201])
+    expected = index.search(Q, 20, exclude=[{ids[0]}] * 9)
+    path = tmp_path / "idx"
+    index.save(path)
+    assert not index._faiss_stale and index._faiss_index.ntotal == len(index)
+    loaded = ItemIndex.load(path, device="cpu")
+    assert loaded.ids() == index.ids() and loaded.version == index.version
+    _same_results(loaded.search(Q, 20, exclude=[{ids[0]}] * 9), expected)
+    assert loaded._faiss.ntotal == len(index)
+    # faiss search on the materialised index agrees with the fast path (all available here)
+    loaded.set_available(ids[200:205], True)
+    index.set_available(ids[200:205], True)
+    D, I = loaded._faiss.search(Q, 20)
+    fast = index.search(Q, 20)
+    for b in range(9):
+        np.testing.assert_allclose(D[b], [s for _, s in fast[b]], rtol=1e-5, atol=1e-5)
+    # more upserts after the save: stale again, and a second save still round-trips
+    index.upsert(["late"], Q[:1] * 10)
+    assert index._faiss_stale
+    index.save(path)
+    again = ItemIndex.load(path, device="cpu")
+    assert again.search(Q[:1], 1)[0][0][0] == "late"
+    _same_results(again.search(Q, 20), index.search(Q, 20))
+
+
+def test_ivf_trains_after_lazy_flat_upserts() -> None:
+    """An ivf index still flat takes cheap upserts, then trains from the vector store."""
+    cfg = IndexConfig(kind="ivf", nlist=4, nprobe=4)  # nprobe = nlist: exact
+    V = _clustered(400, DIM, seed=5)
+    index = ItemIndex.build(_ids(100), V[:100], cfg)
+    assert index.kind == "flat"
+    Q = _vectors(4, seed=6)
+    index.search(Q, 3)
+    for j in range(100, 400):
+        index.upsert([f"i{j}"], V[j:j + 1])
+    assert index.kind == "ivf" and not index._faiss_stale and index._faiss.ntotal == 400
+    _assert_topk(_hit_ids(index.search(Q, 10)), _ids(400), V, Q, 10)
+
+
 # --------------------------------------------------------------------- GPU
 _GPU_SKIP = "needs a faiss GPU build and a visible GPU (faiss.get_num_gpus() > 0)"
 

@@ -1,0 +1,95 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from model_core.als import ALSModel
+from model_core.config import ALSConfig, FoldInConfig
+from model_core.events import Event, EventType
+from model_core.online import OnlineRecommender
+from model_core.state import UserHistory
+
+K = 4
+
+
+@pytest.fixture()
+def model() -> ALSModel:
+    """Two orthogonal tastes: items a* point along e0, items b* along e1."""
+    items = [f"a{i}" for i in range(6)] + [f"b{i}" for i in range(6)]
+    v = np.zeros((12, 4), np.float32)
+    v[:6, 0] = np.linspace(1.0, 0.5, 6)
+    v[6:, 1] = np.linspace(1.0, 0.5, 6)
+    users = np.eye(4, dtype=np.float32)[[0, 1, 0, 1]]
+    return ALSModel(ALSConfig(factors=4), items, v, ["x", "y", "z", "w"], users)
+
+
+def history(user: str, items: list[str], t0: float = 1000.0, model: ALSModel | None = None) -> UserHistory:
+    h = UserHistory(user)
+    for j, item in enumerate(items):
+        h.add(Event(user, item, EventType.VIEW, t0 + j), (model.config if model else ALSConfig()).weights,
+              FoldInConfig())
+    return h
+
+
+def ids(lst: list[tuple[str, float]]) -> list[str]:
+    return [i for i, _ in lst]
+
+
+def test_user_gets_items_of_the_taste_they_showed(model: ALSModel) -> None:
+    rec = OnlineRecommender(model, device="cpu")
+    [a_list, b_list] = rec.recommend([history("u", ["a0", "a1"]), history("v", ["b3"])], k=K)
+    assert ids(a_list) == ["a2", "a3", "a4", "a5"]  # history excluded, best first
+    assert set(ids(b_list)) <= {f"b{i}" for i in range(6)} and "b3" not in ids(b_list)
+    assert all(s1 >= s2 for (_, s1), (_, s2) in zip(a_list, a_list[1:]))
+
+
+def test_cold_user_gets_trending(model: ALSModel) -> None:
+    rec = OnlineRecommender(model, device="cpu")
+    rec.trending.learn([Event("q", "b5", EventType.PURCHASE, 10.0), Event("q", "a4", EventType.VIEW, 10.0)])
+    [lst] = rec.recommend([UserHistory("new")], k=K)
+    assert ids(lst) == ["b5", "a4"]  # only items ever seen trend; no made-up filler
+
+
+def test_unavailable_items_leave_lists_and_come_back(model: ALSModel) -> None:
+    rec = OnlineRecommender(model, device="cpu")
+    h = history("u", ["a0"])
+    rec.set_available(["a1", "a2"], False)
+    got = ids(rec.recommend([h], k=K)[0])
+    assert got[:3] == ["a3", "a4", "a5"] and got[3].startswith("b")  # b items all score 0: a tie
+    rec.set_available(["a1"], True)
+    assert ids(rec.recommend([h], k=K)[0])[:1] == ["a1"]
+
+
+def test_exclusions_never_shorten_the_list(model: ALSModel) -> None:
+    rec = OnlineRecommender(model, device="cpu")
+    h = history("u", ["a0"])
+    [lst] = rec.recommend([h], k=K, exclude=[{"a0", "a1", "a2", "a3"}])
+    assert len(lst) == K and not {"a0", "a1", "a2", "a3"} & set(ids(lst))
+
+
+def test_new_item_is_folded_in_and_recommended_before_a_retrain(model: ALSModel) -> None:
+    rec = OnlineRecommender(model, device="cpu")
+    assert not rec.knows("a_new")
+    fans = {}
+    for j, u in enumerate(["p", "q", "r"]):
+        h = history(u, ["a0", "a1"], t0=2000.0 + j)
+        ev = Event(u, "a_new", EventType.PURCHASE, 2010.0 + j)
+        h.add(ev, model.config.weights, FoldInConfig())
+        rec.observe([ev], {u: h})
+        fans[u] = h
+    assert rec.knows("a_new") and rec.n_items == 13
+    vec = rec.index.vector("a_new")
+    assert vec is not None and vec[0] > 5 * abs(vec[1])  # it lives with the a-taste
+    [lst] = rec.recommend([history("s", ["a0", "a2"])], k=K)
+    assert "a_new" in ids(lst)
+    [lst] = rec.recommend([history("t", ["b0", "b1"])], k=K)
+    assert "a_new" not in ids(lst)
+
+
+def test_embeddings_batch_equals_single(model: ALSModel) -> None:
+    rec = OnlineRecommender(model, device="cpu")
+    hs = [history("u", ["a0", "b1", "a2"]), history("v", ["b0"]), UserHistory("cold")]
+    batch = rec.embed(hs)
+    for b, h in enumerate(hs):
+        np.testing.assert_allclose(batch[b], rec.embed([h])[0], rtol=1e-5, atol=1e-7)
+    assert not batch[2].any()
