@@ -109,28 +109,30 @@ def _solve_side(
     gram = fixed.T @ fixed + reg * torch.eye(k, dtype=fixed.dtype, device=fixed.device)
     crow, col, c = conf.crow_indices(), conf.col_indices(), conf.values()
     cm1 = c - 1.0
-    b = conf @ fixed  # Y_uᵀ c_u for every row at once
     if cg_steps == 0:
         rows = torch.repeat_interleave(torch.arange(len(crow) - 1, device=c.device), crow.diff())
-        return _exact(gram, fixed[col], rows, cm1, b)
+        return _exact(gram, fixed[col], rows, cm1, conf @ fixed)
 
-    def matvec(x: torch.Tensor) -> torch.Tensor:
+    def sparse_times_fixed(x: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor | None) -> torch.Tensor:
+        """Σ_i (offset_ui + scale_ui * (y_i · x_u)) y_i for every row u: one SDDMM + one SpMM."""
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
-            dots = torch.sparse.sampled_addmm(conf, x, fixed.T, beta=0.0).values()
-            weighted = torch.sparse_csr_tensor(crow, col, dots * cm1, conf.shape)
-            return x @ gram + weighted @ fixed
+            dots = torch.sparse.sampled_addmm(conf, x, fixed.T, beta=0.0).values() * scale
+            if offset is not None:
+                dots = offset + dots
+            return torch.sparse_csr_tensor(crow, col, dots, conf.shape) @ fixed
 
+    # r = b − A x with b = Fᵀc folded into the same sparse product: Fᵀ(c − (c−1)·Fx) − x G
     x = solved.clone()
-    r = b - matvec(x)
+    r = torch.addmm(sparse_times_fixed(x, -cm1, c), x, gram, alpha=-1.0)
     p = r.clone()
     rs_old = (r * r).sum(1)
     for _ in range(cg_steps):
-        ap = matvec(p)
+        ap = torch.addmm(sparse_times_fixed(p, cm1, None), p, gram)  # A p
         denom = (p * ap).sum(1)
-        step = torch.where(denom > 0, rs_old / denom.clamp(min=1e-30), torch.zeros_like(denom))
-        x += step.unsqueeze(1) * p
-        r -= step.unsqueeze(1) * ap
+        step = torch.where(denom > 0, rs_old / denom.clamp(min=1e-30), torch.zeros_like(denom)).unsqueeze(1)
+        x.addcmul_(step, p)
+        r.addcmul_(step, ap, value=-1.0)
         rs_new = (r * r).sum(1)
         beta = torch.where(rs_old > 0, rs_new / rs_old.clamp(min=1e-30), torch.zeros_like(rs_new))
         p = r + beta.unsqueeze(1) * p

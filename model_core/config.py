@@ -66,7 +66,7 @@ class ALSConfig:
 
     factors: int = 64
     regularization: float = 0.05
-    alpha: float = 2.0
+    alpha: float = 30.0
     iterations: int = 15
     cg_steps: int = 3
     confidence: Literal["linear", "log"] = "linear"
@@ -113,7 +113,7 @@ class FoldInConfig:
 
     history_size: int = 50
     half_life_s: float = 3600.0
-    position_decay: float = 0.7
+    position_decay: float = 0.5
 
     def __post_init__(self) -> None:
         if self.history_size < 1:

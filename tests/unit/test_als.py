@@ -38,8 +38,8 @@ def test_factors_recover_the_block_structure() -> None:
 
 def test_conjugate_gradient_is_close_to_the_exact_solution() -> None:
     data, _, _ = block_interactions()
-    cg = fit_factors(data, ALSConfig(factors=8, iterations=10, cg_steps=3), device="cpu")
-    exact = fit_factors(data, ALSConfig(factors=8, iterations=10, cg_steps=0), device="cpu")
+    cg = fit_factors(data, ALSConfig(factors=8, iterations=10, cg_steps=3, alpha=2.0), device="cpu")
+    exact = fit_factors(data, ALSConfig(factors=8, iterations=10, cg_steps=0, alpha=2.0), device="cpu")
     s_cg, s_ex = cg[0] @ cg[1].T, exact[0] @ exact[1].T
     assert np.corrcoef(s_cg.ravel(), s_ex.ravel())[0, 1] > 0.98
 
