@@ -286,7 +286,9 @@ def latest_model_dir(path: str | os.PathLike[str]) -> Path:
         return p
     if not p.is_dir():
         raise ModelIncompatibleError(f"model directory {p} does not exist (train one with `freshrec train`)")
-    versions = sorted(c for c in p.iterdir() if c.is_dir() and (c / "manifest.json").is_file())
+    versions = sorted(  # a save in progress is a hidden temp dir: never pick it
+        c for c in p.iterdir() if c.is_dir() and not c.name.startswith(".") and (c / "manifest.json").is_file()
+    )
     if not versions:
         raise ModelIncompatibleError(f"{p} holds no model version (no */manifest.json)")
     return versions[-1]

@@ -97,6 +97,9 @@ def test_latest_version_wins_and_versions_do_not_clash(tmp_path) -> None:
     a.save(tmp_path)
     b.save(tmp_path)
     assert latest_model_dir(tmp_path).name == b.version
+    (tmp_path / f".{b.version}Z.tmp").mkdir()  # a save in progress by another process
+    (tmp_path / f".{b.version}Z.tmp" / "manifest.json").write_text("{}")
+    assert latest_model_dir(tmp_path).name == b.version
     with pytest.raises(ModelIncompatibleError, match="already exists"):
         b.save(tmp_path)
 
