@@ -124,9 +124,18 @@ def parse_time(value: object) -> float:
     return t
 
 
+def _text(value: object, key: str) -> str:
+    text = str(value)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # e.g. a JSON-escaped lone surrogate: could never be re-encoded
+        raise BadInputError(f"event {key} is not valid Unicode") from None
+    return text
+
+
 def _opt_str(d: dict[str, Any], key: str) -> str | None:
     v = d.get(key)
-    return None if v is None else str(v)
+    return None if v is None else _text(v, key)
 
 
 def event_from_dict(d: dict[str, Any]) -> Event:
@@ -143,8 +152,8 @@ def event_from_dict(d: dict[str, Any]) -> Event:
     except (TypeError, ValueError) as exc:
         raise BadInputError(f"event has a non-numeric quantity/price/weight: {exc}") from None
     return Event(
-        user_id=str(d["user_id"]),
-        item_id=str(d["item_id"]),
+        user_id=_text(d["user_id"], "user_id"),
+        item_id=_text(d["item_id"], "item_id"),
         type=parse_event_type(d["type"]),
         time=parse_time(d["time"]),
         event_id=_opt_str(d, "event_id"),

@@ -19,7 +19,20 @@ from streams.settings import Settings, load_settings
 
 log = logging.getLogger("freshrec")
 
-EPILOG = "Environment: FRESHREC_DEVICE, FRESHREC_LOG_LEVEL, FRESHREC_PROGRESS (flags win)."
+EPILOG = ("Every setting can also come from a FRESHREC_<NAME> variable (flags win); "
+          "see deploy/README.md for the full reference.")
+
+
+def add_kafka_args(p: argparse.ArgumentParser) -> None:
+    """Flags shared by every command that talks to Kafka (dest names = Settings fields)."""
+    g = p.add_argument_group("Kafka")
+    g.add_argument("--brokers", default=None, metavar="H:P[,H:P]",
+                   help="bootstrap servers (FRESHREC_BROKERS; default 127.0.0.1:9092)")
+    g.add_argument("--profile", choices=["production", "embedded"], default=None,
+                   help="client tuning: production = Apache Kafka (default), embedded = the Tansu broker "
+                   "of `freshrec broker`")
+    g.add_argument("--topic-prefix", dest="topic_prefix", default=None,
+                   help="topics are PREFIX.events, .events.dlq, .items, .recommendations (default freshrec)")
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -47,7 +60,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--factors", type=int, default=None, help="embedding size k (default 64)")
     g.add_argument("--iterations", type=int, default=None, help="ALS sweeps (default 15)")
     g.add_argument("--regularization", type=float, default=None, help="L2 weight λ (default 0.05)")
-    g.add_argument("--alpha", type=float, default=None, help="confidence scale: c = 1 + alpha * w (default 2)")
+    g.add_argument("--alpha", type=float, default=None, help="confidence scale: c = 1 + alpha * w (default 30)")
     g.add_argument("--confidence", choices=["linear", "log"], default=None, help="confidence scaling (default linear)")
     g.add_argument("--weights", default=None, metavar="MAP",
                    help="event-type weights, e.g. view=1,click=1,add_to_cart=3,purchase=5 (the default)")
@@ -61,7 +74,7 @@ def _add_foldin_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--half-life", type=float, default=None, metavar="SECONDS",
                    help="event-time half-life of an event's weight; 0 = none (default 3600)")
     g.add_argument("--position-decay", type=float, default=None,
-                   help="weight factor per step back in the user's item order (default 0.7)")
+                   help="weight factor per step back in the user's item order (default 0.5)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -111,11 +124,33 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p)
     _add_foldin_args(p)
     _add_common(p)
+
+    p = sub.add_parser("worker", help="run a streaming worker: events in, fresh lists out", epilog=EPILOG,
+                       description="Consume events in micro-batches, fold each touched user in on the model "
+                       "core, search the index and publish one fresh top-K list per user. Workers with the "
+                       "same --group share the partitions; state moves with them (changelog). Listens to the "
+                       "catalog topic and hot-swaps newer model versions found under --model.")
+    add_kafka_args(p)
+    p.add_argument("--model", dest="model_dir", default=None, metavar="DIR",
+                   help="directory of model versions (FRESHREC_MODEL_DIR; default ./models)")
+    p.add_argument("--group", default=None, help="consumer group / Faust app id (default freshrec-worker)")
+    p.add_argument("--partitions", type=int, default=None, help="partitions of topics freshrec creates (default 4)")
+    p.add_argument("--k", type=int, default=None, help="list length (default 20)")
+    p.add_argument("--batch-size", dest="batch_size", type=int, default=None, help="events per micro-batch (256)")
+    p.add_argument("--web-port", dest="web_port", type=int, default=None,
+                   help="port of /metrics (default 6066; 0 = off)")
+    _add_foldin_args(p)
+    _add_common(p)
+
+    from streams import broker, demo, replay, tail
+
+    for module in (broker, replay, tail, demo):
+        module.add_parser(sub)
     return parser
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    overrides = {"device": getattr(args, "device", None)}
+    overrides = {k: v for k, v in vars(args).items() if k not in ("command", "debug", "quiet", "logs")}
     if getattr(args, "debug", False):
         overrides["log_level"] = "DEBUG"
     if getattr(args, "quiet", False):
@@ -223,7 +258,25 @@ def cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-COMMANDS = {"generate": cmd_generate, "train": cmd_train, "evaluate": cmd_evaluate}
+def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
+    from streams.worker import run_worker
+
+    log.info("settings: %s", settings.describe())
+    return run_worker(settings, settings.model_dir, foldin=_foldin_config(args))
+
+
+def _module_command(name: str):  # noqa: ANN202
+    def run(args: argparse.Namespace, settings: Settings) -> int:
+        import importlib
+
+        return int(importlib.import_module(f"streams.{name}").run(args, settings))
+
+    return run
+
+
+COMMANDS = {"generate": cmd_generate, "train": cmd_train, "evaluate": cmd_evaluate, "worker": cmd_worker,
+            "broker": _module_command("broker"), "replay": _module_command("replay"),
+            "tail": _module_command("tail"), "demo": _module_command("demo")}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -233,7 +286,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = _settings(args)
         if not sys.stderr.isatty():
-            settings = load_settings({"device": settings.device, "log_level": settings.log_level, "progress": False})
+            settings = settings.with_(progress=False)
         logging.basicConfig(level=settings.log_level.upper(), stream=sys.stderr,
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         log.debug("settings: %s", settings.describe())

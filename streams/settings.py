@@ -1,13 +1,18 @@
 """The only module that reads the environment.
 
-Every setting has a default, a ``FRESHREC_*`` variable and (where the CLI has
-one) a flag; flags win over variables, variables over defaults.
+Every setting has a default, a ``FRESHREC_<NAME>`` variable and, where the CLI
+has one, a flag: flags win over variables, variables over defaults. The
+settings are printed at start-up (``Settings.describe``).
+
+Two profiles: ``production`` (normal Apache Kafka client settings) and
+``embedded`` (the Tansu broker that ``freshrec broker`` / tests / the demo
+start on loopback; see docs/broker.md for the workarounds it needs).
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from model_core.errors import ConfigError
@@ -24,25 +29,99 @@ class Settings:
     log_level: str = "INFO"
     """Python logging level (FRESHREC_LOG_LEVEL)."""
     progress: bool = True
-    """Progress bars on long work when stderr is a terminal (FRESHREC_PROGRESS=0 to hide)."""
+    """Progress bars on long work when stderr is a terminal (FRESHREC_PROGRESS=0 hides them)."""
+
+    brokers: str = "127.0.0.1:9092"
+    """Kafka bootstrap servers, comma-separated host:port (FRESHREC_BROKERS)."""
+    profile: str = "production"
+    """Client tuning: production (Apache Kafka) or embedded (Tansu) (FRESHREC_PROFILE)."""
+    topic_prefix: str = "freshrec"
+    """Topic names are <prefix>.events, .events.dlq, .items, .recommendations (FRESHREC_TOPIC_PREFIX)."""
+    partitions: int = 4
+    """Partitions of topics freshrec creates; at most this many workers share the load (FRESHREC_PARTITIONS)."""
+    replication: int = 1
+    """Replication factor of topics freshrec creates (FRESHREC_REPLICATION)."""
+    group: str = "freshrec-worker"
+    """Consumer group (Faust app id) of the workers (FRESHREC_GROUP)."""
+
+    model_dir: str = "models"
+    """Directory of model versions the worker serves; newer versions are picked up live (FRESHREC_MODEL_DIR)."""
+    k: int = 20
+    """Length of each published list (FRESHREC_K)."""
+    batch_size: int = 256
+    """Events per micro-batch (FRESHREC_BATCH_SIZE)."""
+    batch_within_s: float = 0.05
+    """Longest wait to fill a micro-batch, seconds (FRESHREC_BATCH_WITHIN_S)."""
+    model_poll_s: float = 5.0
+    """How often the worker looks for a newer model version, seconds (FRESHREC_MODEL_POLL_S)."""
+    metrics_interval_s: float = 5.0
+    """How often the worker logs its metrics line, seconds (FRESHREC_METRICS_INTERVAL_S)."""
+    web_port: int = 6066
+    """Port of the worker's HTTP endpoint (/metrics for Prometheus); 0 = no web server (FRESHREC_WEB_PORT)."""
+    data_dir: str = ".freshrec"
+    """Worker-local state (Faust data dir) (FRESHREC_DATA_DIR)."""
 
     def __post_init__(self) -> None:
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ConfigError(f"FRESHREC_DEVICE / --device {self.device!r} must be auto, cpu or cuda")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ConfigError(f"FRESHREC_LOG_LEVEL {self.log_level!r} must be DEBUG, INFO, WARNING or ERROR")
+        if self.profile not in ("production", "embedded"):
+            raise ConfigError(f"FRESHREC_PROFILE / --profile {self.profile!r} must be production or embedded")
+        for hostport in self.brokers.split(","):
+            host, _, port = hostport.strip().rpartition(":")
+            if not host or not port.isdigit():
+                raise ConfigError(f"broker address {hostport!r} is not host:port (FRESHREC_BROKERS / --brokers)")
+        for name in ("partitions", "replication", "k", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}={getattr(self, name)} must be >= 1 (FRESHREC_{name.upper()})")
+        for name in ("batch_within_s", "model_poll_s", "metrics_interval_s"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name}={getattr(self, name)} must be > 0 (FRESHREC_{name.upper()})")
+        if not 0 <= self.web_port < 65536:
+            raise ConfigError(f"web_port={self.web_port} is not a port (FRESHREC_WEB_PORT)")
+
+    @property
+    def events_topic(self) -> str:
+        return f"{self.topic_prefix}.events"
+
+    @property
+    def dlq_topic(self) -> str:
+        return f"{self.topic_prefix}.events.dlq"
+
+    @property
+    def items_topic(self) -> str:
+        return f"{self.topic_prefix}.items"
+
+    @property
+    def recommendations_topic(self) -> str:
+        return f"{self.topic_prefix}.recommendations"
+
+    def with_(self, **changes: Any) -> "Settings":
+        """A copy with some settings changed (validated again)."""
+        return replace(self, **changes)
 
     def describe(self) -> str:
         return ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in fields(self))
 
 
-def _env_bool(text: str) -> bool:
-    low = text.strip().lower()
-    if low in ("1", "true", "yes", "on"):
-        return True
-    if low in ("0", "false", "no", "off"):
-        return False
-    raise ConfigError(f"{text!r} is not a boolean (use 1/0, true/false)")
+def _convert(name: str, kind: Any, raw: str) -> Any:
+    kind = kind if isinstance(kind, str) else kind.__name__
+    try:
+        if kind == "bool":
+            low = raw.strip().lower()
+            if low in ("1", "true", "yes", "on"):
+                return True
+            if low in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+    except ValueError:
+        raise ConfigError(f"FRESHREC_{name.upper()}={raw!r} is not a valid {kind}") from None
+    return raw
 
 
 def load_settings(overrides: dict[str, Any] | None = None, environ: dict[str, str] | None = None) -> Settings:
@@ -52,6 +131,7 @@ def load_settings(overrides: dict[str, Any] | None = None, environ: dict[str, st
     for f in fields(Settings):
         raw = env.get(f"FRESHREC_{f.name.upper()}")
         if raw is not None:
-            values[f.name] = _env_bool(raw) if f.type in (bool, "bool") else raw
-    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+            values[f.name] = _convert(f.name, f.type, raw)
+    known = {f.name for f in fields(Settings)}
+    values.update({k: v for k, v in (overrides or {}).items() if v is not None and k in known})
     return Settings(**values)

@@ -1,0 +1,90 @@
+"""confluent-kafka clients, their settings per profile, and topic creation."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from streams.errors import BrokerUnavailableError, ConfigError
+from streams.settings import Settings
+
+__all__ = ["client_config", "ensure_topics", "check_brokers", "topic_specs"]
+
+log = logging.getLogger(__name__)
+
+
+def client_config(settings: Settings, role: str, **extra: Any) -> dict[str, Any]:
+    """confluent-kafka configuration for ``role`` in ``producer``, ``consumer``, ``admin``.
+
+    The embedded profile shortens fetch waits and group timeouts: the embedded
+    broker answers a fetch only when its wait expires, and its group join waits
+    for the whole session timeout.
+    """
+    conf: dict[str, Any] = {"bootstrap.servers": settings.brokers, "client.id": f"freshrec-{role}"}
+    if role == "producer":
+        # murmur2 is the Java client's and aiokafka's (Faust's) partitioner: a user's events
+        # land in the same partition whichever client produced them.
+        conf.update({"enable.idempotence": True, "linger.ms": 5, "partitioner": "murmur2_random"})
+    elif role == "consumer":
+        conf.update({"enable.auto.commit": True, "auto.offset.reset": "earliest"})
+        if settings.profile == "embedded":
+            conf.update({"fetch.wait.max.ms": 50, "session.timeout.ms": 6000, "heartbeat.interval.ms": 1000})
+    elif role != "admin":
+        raise ConfigError(f"unknown client role {role!r}")
+    conf.update(extra)
+    return conf
+
+
+def topic_specs(settings: Settings) -> dict[str, dict[str, Any]]:
+    """Name -> partitions and config of every topic freshrec uses."""
+    p = settings.partitions
+    return {
+        settings.events_topic: {"partitions": p, "config": {}},
+        settings.dlq_topic: {"partitions": 1, "config": {}},
+        settings.items_topic: {"partitions": 1, "config": {}},
+        settings.recommendations_topic: {"partitions": p, "config": {"cleanup.policy": "compact"}},
+    }
+
+
+def check_brokers(settings: Settings, timeout: float = 10.0) -> list[str]:
+    """Existing topic names; BrokerUnavailableError with a clear line if none answers."""
+    from confluent_kafka import KafkaException
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient(client_config(settings, "admin"))
+    try:
+        md = admin.list_topics(timeout=timeout)
+    except KafkaException as exc:
+        raise BrokerUnavailableError(
+            f"no Kafka broker answered at {settings.brokers} within {timeout:.0f}s "
+            f"(start one with `freshrec broker`, or set --brokers / FRESHREC_BROKERS): {exc.args[0]}"
+        ) from None
+    return sorted(md.topics)
+
+
+def ensure_topics(settings: Settings, timeout: float = 15.0) -> list[str]:
+    """Create freshrec's topics where absent; returns the names created."""
+    from confluent_kafka import KafkaError, KafkaException
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    existing = set(check_brokers(settings, timeout))
+    wanted = [
+        NewTopic(name, num_partitions=spec["partitions"], replication_factor=settings.replication,
+                 config=spec["config"])
+        for name, spec in topic_specs(settings).items()
+        if name not in existing
+    ]
+    if not wanted:
+        return []
+    admin = AdminClient(client_config(settings, "admin"))
+    created = []
+    for name, fut in admin.create_topics(wanted, request_timeout=timeout).items():
+        try:
+            fut.result(timeout=timeout)
+            created.append(name)
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise BrokerUnavailableError(f"cannot create topic {name}: {exc.args[0].str()}") from None
+    if created:
+        log.info("created topics %s", ", ".join(created))
+    return created

@@ -1,0 +1,283 @@
+"""Read the published top-K lists: a small client for services, and ``freshrec tail``.
+
+::
+
+    from streams.tail import RecommendationClient
+
+    with RecommendationClient(settings, users={"u1"}) as client:
+        rec = client.wait_for(lambda r: r.user_id == "u1", timeout=10)
+        print(rec.item_ids if rec else "no list yet")
+
+Without a ``group`` the client reads every partition of the recommendations topic
+itself (manual assignment: no group join, no offsets committed, nothing left behind
+on the broker); with a ``group`` it joins that consumer group, so several instances
+share the partitions and resume from the group's committed offsets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Collection, Iterator
+from types import TracebackType
+from typing import Any
+
+from model_core.errors import BadInputError
+from streams.codec import Recommendation, decode_recommendation
+from streams.errors import BrokerUnavailableError
+from streams.kafka import client_config, ensure_topics
+from streams.settings import Settings
+
+__all__ = ["RecommendationClient", "add_parser", "format_recommendation", "run"]
+
+log = logging.getLogger(__name__)
+
+
+class RecommendationClient:
+    """Consumes ``settings.recommendations_topic`` and keeps the newest list per user.
+
+    ``from_beginning=False`` starts at the end of the topic (new lists only). On the
+    embedded broker, which re-delivers old records when asked for the end, lists
+    published before the client was created are also dropped by ``published_at``.
+    ``users`` limits what the client returns and keeps to those user ids.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        group: str | None = None,
+        from_beginning: bool = True,
+        users: Collection[str] | None = None,
+        connect_timeout: float = 10.0,
+    ) -> None:
+        from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, TopicPartition
+
+        self.settings = settings
+        self.topic = settings.recommendations_topic
+        self.users = frozenset(users) if users else None
+        self.latest: dict[str, Recommendation] = {}
+        """user_id -> the newest list seen (by ``published_at``)."""
+        self.latest_raw: dict[str, bytes] = {}
+        """user_id -> the message value of that list, as published."""
+        self.received = 0
+        self.skipped = 0
+        self.last_message_at: float | None = None
+        self._since = time.time() - 0.5 if not from_beginning and settings.profile == "embedded" else None
+        ensure_topics(settings, timeout=connect_timeout)  # BrokerUnavailableError if none answers
+        conf = client_config(
+            settings, "consumer",
+            **{"group.id": group or f"freshrec-tail-{uuid.uuid4().hex[:12]}",
+               "auto.offset.reset": "earliest" if from_beginning else "latest"},
+        )
+        if group is None:
+            conf["enable.auto.commit"] = False
+        self._consumer = Consumer(conf)
+        self._closed = False
+        try:
+            if group is None:
+                md = self._consumer.list_topics(self.topic, timeout=connect_timeout)
+                parts = sorted(md.topics[self.topic].partitions)
+                start = OFFSET_BEGINNING if from_beginning else OFFSET_END
+                self._consumer.assign([TopicPartition(self.topic, p, start) for p in parts])
+            else:
+                self._consumer.subscribe([self.topic])
+        except Exception as exc:
+            self.close()
+            if isinstance(exc, BrokerUnavailableError):
+                raise
+            raise BrokerUnavailableError(f"cannot read {self.topic} at {settings.brokers}: {exc}") from None
+
+    # ------------------------------------------------------------------ reading
+
+    def _poll_raw(self, timeout: float) -> tuple[Recommendation, bytes] | None:
+        """The next list (and its raw value) within ``timeout`` seconds, or None."""
+        from confluent_kafka import KafkaError
+
+        if self._closed:
+            raise BrokerUnavailableError("the recommendation client is closed")
+        deadline = time.monotonic() + max(0.0, timeout)
+        while True:
+            msg = self._consumer.poll(max(0.0, deadline - time.monotonic()))
+            if msg is None:
+                return None
+            err = msg.error()
+            if err is not None:
+                if err.code() != KafkaError._PARTITION_EOF:
+                    if err.fatal():
+                        raise BrokerUnavailableError(f"reading {self.topic}: {err.str()}")
+                    log.warning("reading %s: %s", self.topic, err.str())
+            else:
+                self.last_message_at = time.monotonic()
+                value = msg.value()
+                try:
+                    if value is None:
+                        raise BadInputError("empty message (no value)")
+                    rec = decode_recommendation(value)
+                except Exception as exc:  # noqa: BLE001 - BadInputError, or any codec slip: skip it
+                    self.skipped += 1
+                    log.warning("skipping undecodable message at %s[%d]@%d: %s",
+                                msg.topic(), msg.partition(), msg.offset(), exc)
+                else:
+                    if (self.users is None or rec.user_id in self.users) and (
+                            self._since is None or rec.published_at >= self._since):
+                        self.received += 1
+                        old = self.latest.get(rec.user_id)
+                        if old is None or rec.published_at >= old.published_at:
+                            self.latest[rec.user_id] = rec
+                            self.latest_raw[rec.user_id] = value
+                        return rec, value
+            if time.monotonic() >= deadline:
+                return None
+
+    def poll(self, timeout: float) -> Recommendation | None:
+        """The next list within ``timeout`` seconds (undecodable messages are skipped, with
+        a warning log), or None. Also updates :attr:`latest`."""
+        got = self._poll_raw(timeout)
+        return got[0] if got is not None else None
+
+    def __iter__(self) -> Iterator[Recommendation]:
+        """Every list as it arrives, forever (until :meth:`close` or an interrupt)."""
+        while not self._closed:
+            rec = self.poll(1.0)
+            if rec is not None:
+                yield rec
+
+    def wait_for(self, predicate: Callable[[Recommendation], bool], timeout: float) -> Recommendation | None:
+        """The first list satisfying ``predicate``: one already in :attr:`latest`, else the
+        next that arrives within ``timeout`` seconds; None if none does."""
+        for seen in list(self.latest.values()):
+            if predicate(seen):
+                return seen
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            rec = self.poll(min(left, 0.5))
+            if rec is not None and predicate(rec):
+                return rec
+        return None
+
+    def drain(self, idle: float = 2.0, stop: threading.Event | None = None) -> dict[str, Recommendation]:
+        """Read until no message arrives for ``idle`` seconds; returns :attr:`latest`."""
+        last = time.monotonic()
+        while (left := last + idle - time.monotonic()) > 0 and not (stop and stop.is_set()):
+            if self._poll_raw(min(left, 0.25)) is not None:
+                last = time.monotonic()
+            elif self.last_message_at is not None and self.last_message_at > last:
+                last = self.last_message_at  # skipped (undecodable / other users') messages count too
+        return self.latest
+
+    # ------------------------------------------------------------------ life cycle
+
+    def close(self) -> None:
+        """Leave the group (if any) and release the consumer; safe to call more than once."""
+        if not self._closed:
+            self._closed = True
+            self._consumer.close()
+
+    def __enter__(self) -> RecommendationClient:  # noqa: PYI034
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+
+# ---------------------------------------------------------------------- output
+
+
+def _age(seconds: float) -> str:
+    if seconds < 60:
+        return f"{max(seconds, 0.0):.2f} s old"
+    if seconds < 3600:
+        return f"{seconds / 60:.1f} min old"
+    if seconds < 86400:
+        return f"{seconds / 3600:.1f} h old"
+    return f"{seconds / 86400:.1f} d old"
+
+
+def format_recommendation(rec: Recommendation, *, now: float | None = None, max_items: int = 10) -> str:
+    """``u1  [model 2026.. idx 17, 42 events, 0.12 s old]  i9 (0.93), i4 (0.91), ...``"""
+    now = time.time() if now is None else now
+    items = ", ".join(f"{i} ({s:.2f})" for i, s in rec.items[:max_items])
+    if len(rec.items) > max_items:
+        items += f", ... (+{len(rec.items) - max_items})"
+    return (f"{rec.user_id}  [model {rec.model_version} idx {rec.index_version}, "
+            f"{rec.events_applied} events, {_age(now - rec.published_at)}]  {items or '(empty)'}")
+
+
+# ---------------------------------------------------------------------- CLI
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``freshrec tail [--user U] [--follow] [--json]``."""
+    from streams.replay import add_broker_args
+
+    p = sub.add_parser(
+        "tail", help="print the published recommendation lists",
+        description="Read the recommendations topic. Without --follow: print the newest list of "
+        "each (matching) user once the topic is drained (no message for --idle seconds), then "
+        "exit. With --follow: print every list as it arrives until Ctrl-C.",
+        epilog="Environment: FRESHREC_BROKERS, FRESHREC_PROFILE, FRESHREC_TOPIC_PREFIX (flags win).",
+    )
+    p.add_argument("--user", dest="users", action="append", default=None, metavar="U",
+                   help="only this user id; repeat for several (default: all users)")
+    p.add_argument("--follow", "-f", action="store_true", help="keep printing new lists until Ctrl-C")
+    p.add_argument("--new", action="store_true", help="with --follow: only lists published from now on")
+    p.add_argument("--json", action="store_true", help="print the raw JSON messages, one per line")
+    p.add_argument("--items", type=int, default=10, metavar="N", help="items shown per list (default 10)")
+    p.add_argument("--idle", type=float, default=2.0, metavar="SECONDS",
+                   help="without --follow: the topic is drained after this long without a message (default 2)")
+    p.add_argument("--group", default=None,
+                   help="join this consumer group (default: read all partitions, commit nothing)")
+    add_broker_args(p)
+    p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for a broker (default 10)")
+    p.add_argument("--quiet", action="store_true", help="(no effect; accepted like the other commands)")
+    p.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: object) -> None:
+        stop.set()
+
+    old: dict[int, Any] = {}
+    if threading.current_thread() is threading.main_thread():
+        old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    follow = bool(getattr(args, "follow", False))
+    max_items = getattr(args, "items", 10)
+    client = RecommendationClient(
+        settings, group=getattr(args, "group", None),
+        from_beginning=not (follow and getattr(args, "new", False)),
+        users=getattr(args, "users", None), connect_timeout=getattr(args, "timeout", 10.0),
+    )
+    try:
+        if follow:
+            while not stop.is_set():
+                got = client._poll_raw(0.5)
+                if got is not None:
+                    rec, raw = got
+                    print(raw.decode(errors="replace") if args.json else format_recommendation(
+                        rec, max_items=max_items), flush=True)
+        else:
+            latest = client.drain(idle=getattr(args, "idle", 2.0), stop=stop)
+            for user in sorted(latest):
+                print(client.latest_raw[user].decode(errors="replace") if args.json
+                      else format_recommendation(latest[user], max_items=max_items))
+            if not args.json:
+                print(f"{len(latest)} users, {client.received} lists read"
+                      + (f", {client.skipped} undecodable skipped" if client.skipped else ""),
+                      file=sys.stderr)
+        return 0
+    except BrokenPipeError:  # `freshrec tail | head`
+        return 0
+    finally:
+        client.close()
+        for s, handler in old.items():
+            signal.signal(s, handler)
+

@@ -1,0 +1,24 @@
+"""`freshrec demo`, small: its own broker, a worker process, replay, and an honest summary."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from streams.cli import main
+
+
+def test_demo_applies_every_event_and_reports(tmp_path: Path) -> None:
+    out = tmp_path / "summary.json"
+    code = main(["demo", "--users", "300", "--items", "200", "--events", "6000", "--rate", "3000",
+                 "--workdir", str(tmp_path / "work"), "--json", str(out), "--quiet", "--device", "cpu"])
+    summary = json.loads(out.read_text())
+    assert code == 0, summary
+    replayed = 6000 - int(6000 * 0.75)
+    assert summary["events_produced"] == replayed
+    assert summary["events_applied"] == replayed
+    assert summary["dlq"] == 3  # the demo's deliberately malformed messages
+    assert 0 < summary["users_with_lists"] <= 300
+    assert summary["lists_published"] >= summary["users_with_lists"]
+    assert summary["latency_ms"]["p50"] is not None and summary["latency_ms"]["p50"] <= summary["latency_ms"]["p99"]
+    assert summary["events_per_s"] > 0 and summary["model_version"]

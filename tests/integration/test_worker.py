@@ -1,0 +1,187 @@
+"""The worker end to end on a real broker process: events in, lists out."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+
+from model_core.als import train_als
+from model_core.config import ALSConfig
+from model_core.synth import SynthConfig, generate_events, make_catalog
+from streams.broker import EmbeddedBroker
+from streams.codec import Recommendation
+from streams.kafka import client_config
+from streams.settings import Settings, load_settings
+from streams.tail import RecommendationClient
+
+SYNTH = SynthConfig(users=400, items=150, events=30_000, clusters=5, new_item_fraction=0.0, seed=11)
+T0 = SYNTH.start_time + SYNTH.days * 86400 + 3600  # after the training log
+
+
+@dataclass
+class Worker:
+    settings: Settings
+    proc: subprocess.Popen[bytes]
+    log: Path
+    models: Path
+    first_version: str
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+def _train(models: Path, seed: int) -> str:
+    model = train_als(generate_events(SYNTH), ALSConfig(factors=16, iterations=8, seed=seed), device="cpu")
+    model.save(models)
+    return model.version
+
+
+@pytest.fixture(scope="module")
+def worker(broker: EmbeddedBroker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Worker]:
+    tmp = tmp_path_factory.mktemp("worker")
+    models = tmp / "models"
+    version = _train(models, seed=0)
+    settings = load_settings(environ={}).with_(
+        brokers=broker.bootstrap, profile="embedded", topic_prefix=f"w{uuid.uuid4().hex[:8]}", partitions=2,
+        web_port=0, group=f"g{uuid.uuid4().hex[:8]}", k=10, model_poll_s=1.0, metrics_interval_s=1.0,
+        data_dir=str(tmp / "data"), batch_within_s=0.05,
+    )
+    env = dict(os.environ, FRESHREC_BROKERS=settings.brokers, FRESHREC_PROFILE="embedded",
+               FRESHREC_TOPIC_PREFIX=settings.topic_prefix, FRESHREC_PARTITIONS="2", FRESHREC_WEB_PORT="0",
+               FRESHREC_GROUP=settings.group, FRESHREC_K="10", FRESHREC_MODEL_POLL_S="1",
+               FRESHREC_METRICS_INTERVAL_S="1", FRESHREC_DATA_DIR=settings.data_dir, FRESHREC_DEVICE="cpu")
+    log = tmp / "worker.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "worker", "--model", str(models)],
+                                env=env, stdout=out, stderr=subprocess.STDOUT)
+    w = Worker(settings, proc, log, models, version)
+    try:
+        deadline = time.time() + 60
+        while "worker ready" not in w.log_text():
+            assert proc.poll() is None, f"worker exited early:\n{w.log_text()[-3000:]}"
+            assert time.time() < deadline, f"worker not ready in 60 s:\n{w.log_text()[-3000:]}"
+            time.sleep(0.2)
+        yield w
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            code = proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+    assert code == 0, f"worker did not shut down cleanly ({code}):\n{w.log_text()[-3000:]}"
+    assert "shutting down: events in=" in w.log_text()
+
+
+def produce(settings: Settings, rows: list[dict | bytes], topic: str | None = None) -> None:
+    p = Producer(client_config(settings, "producer"))
+    for row in rows:
+        if isinstance(row, bytes):
+            p.produce(topic or settings.events_topic, key=b"bad-user", value=row)
+        else:
+            key = row.get("user_id", row.get("item_id", ""))
+            p.produce(topic or settings.events_topic, key=str(key).encode(), value=json.dumps(row).encode())
+    assert p.flush(10) == 0
+
+
+def view(user: str, item: str, n: int, **extra: object) -> dict:
+    return {"user_id": user, "item_id": item, "type": "view", "time": T0 + n, "event_id": f"{user}-{n}", **extra}
+
+
+def wait_for_list(settings: Settings, user: str, applied: int, timeout: float = 30.0) -> Recommendation:
+    with RecommendationClient(settings, users=[user]) as client:
+        rec = client.wait_for(lambda r: r.user_id == user and r.events_applied >= applied, timeout)
+    assert rec is not None, f"no list for {user} with {applied} events in {timeout:.0f}s"
+    return rec
+
+
+def test_lists_follow_the_taste_a_user_shows(worker: Worker) -> None:
+    catalog = make_catalog(SYNTH)
+    for cluster in (0, 3):
+        user = f"taste-{cluster}"
+        items = [catalog.item_id(i) for i in catalog.items_in_cluster(cluster)[:6]]
+        produce(worker.settings, [view(user, item, n) for n, item in enumerate(items)])
+        rec = wait_for_list(worker.settings, user, applied=6)
+        assert rec.events_applied == 6 and len(rec.items) == 10
+        assert not set(items) & set(rec.item_ids)  # what they just saw is not offered back
+        in_cluster = np.mean([catalog.cluster_of_item[catalog.item_index(i)] == cluster for i in rec.item_ids])
+        assert in_cluster >= 0.7, (cluster, rec.item_ids)
+        assert rec.model_version == worker.first_version and rec.last_event_id == f"{user}-5"
+
+
+def test_bad_event_goes_to_the_dlq_and_the_next_one_is_applied(worker: Worker) -> None:
+    s = worker.settings
+    produce(s, [b"{not json", {"user_id": "dlq-user", "item_id": "i1"}, view("dlq-user", "i2", 0)])
+    rec = wait_for_list(s, "dlq-user", applied=1)
+    assert rec.events_applied == 1
+    consumer = Consumer(client_config(s, "consumer", **{"group.id": f"dlq-{uuid.uuid4().hex[:6]}"}))
+    consumer.assign([TopicPartition(s.dlq_topic, 0, OFFSET_BEGINNING)])  # no group join to wait for
+    reasons, deadline = [], time.time() + 30
+    try:
+        while len(reasons) < 2 and time.time() < deadline:
+            msg = consumer.poll(0.5)
+            if msg is not None and not msg.error():
+                reasons.append(json.loads(msg.value()))
+    finally:
+        consumer.close()
+    assert len(reasons) == 2, f"DLQ holds {reasons}; worker log:\n{worker.log_text()[-2000:]}"
+    assert [r["original"] for r in reasons] == ["{not json", json.dumps({"user_id": "dlq-user", "item_id": "i1"})]
+    assert "not valid JSON" in reasons[0]["reason"] and "missing type, time" in reasons[1]["reason"]
+
+
+def test_replayed_events_are_applied_once(worker: Worker) -> None:
+    s = worker.settings
+    rows = [view("dup-user", f"i{n}", n) for n in range(4)]
+    produce(s, rows)
+    wait_for_list(s, "dup-user", applied=4)
+    produce(s, rows[1:3] + [view("dup-user", "i9", 9)])  # two replays and one new event
+    rec = wait_for_list(s, "dup-user", applied=5)
+    assert rec.events_applied == 5 and rec.last_event_id == "dup-user-9"
+
+
+def test_unavailable_item_leaves_every_later_list(worker: Worker) -> None:
+    s = worker.settings
+    catalog = make_catalog(SYNTH)
+    cluster_items = [catalog.item_id(i) for i in catalog.items_in_cluster(1)]
+    seen, target = cluster_items[1:5], cluster_items[0]
+    produce(s, [view("before-user", item, n) for n, item in enumerate(seen)])
+    assert target in wait_for_list(s, "before-user", applied=4).item_ids  # control: it is recommended
+    produce(s, [{"item_id": target, "event": "unavailable"}], topic=s.items_topic)
+    deadline = time.time() + 20
+    while "catalog: " + target not in worker.log_text():
+        assert time.time() < deadline, "catalog update not applied"
+        time.sleep(0.2)
+    for user in ("after-1", "after-2"):
+        produce(s, [view(user, item, n) for n, item in enumerate(seen)])
+        assert target not in wait_for_list(s, user, applied=4).item_ids
+    produce(s, [{"item_id": target, "event": "available"}], topic=s.items_topic)
+    deadline = time.time() + 20
+    while worker.log_text().count("catalog: " + target) < 2:
+        assert time.time() < deadline, "catalog update not applied"
+        time.sleep(0.2)
+    produce(s, [view("after-3", item, n) for n, item in enumerate(seen)])
+    assert target in wait_for_list(s, "after-3", applied=4).item_ids
+
+
+def test_newer_model_version_is_served_without_a_restart(worker: Worker) -> None:
+    s = worker.settings
+    newer = _train(worker.models, seed=1)
+    deadline = time.time() + 30
+    while f"-> {newer} without a restart" not in worker.log_text():
+        assert worker.proc.poll() is None and time.time() < deadline, worker.log_text()[-2000:]
+        time.sleep(0.2)
+    produce(s, [view("late-user", "i3", 0)])
+    rec = wait_for_list(s, "late-user", applied=1)
+    assert rec.model_version == newer != worker.first_version
