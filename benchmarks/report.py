@@ -1,0 +1,63 @@
+"""Print the README's result tables (markdown) from benchmarks/results/*.json.
+
+    python benchmarks/report.py
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results"
+LOGS = {"yoochoose": "YooChoose sample (clicks)", "diginetica": "DIGINETICA (views + purchases)",
+        "synthetic": "synthetic (5k users, 3k items, 200k events)"}
+
+
+def pct(v: float | None) -> str:
+    return "–" if v is None else f"{v:.3f}"
+
+
+def quality() -> None:
+    for name, title in LOGS.items():
+        path = RESULTS / f"quality_{name}.json"
+        if not path.exists():
+            continue
+        r = json.loads(path.read_text())
+        k = r["k"]
+        print(f"**{title}** — {r['eval_points']} evaluation points ({r['purchase_eval_points']} purchases)\n")
+        print(f"| model | HR@{k} | NDCG@{k} | MRR@{k} | purchase HR@{k} | events/s |")
+        print("|---|---|---|---|---|---|")
+        for m, v in r["models"].items():
+            label = f"**{m}**" if m == "incremental" else m
+            print(f"| {label} | {pct(v['hr'])} | {pct(v['ndcg'])} | {pct(v['mrr'])} | {pct(v['purchase_hr'])} "
+                  f"| {v['events_per_s']:,.0f} |")
+        lifts = ", ".join(f"{m} {v['hr']:+.0%} / {v['ndcg']:+.0%}" for m, v in r["incremental_vs"].items())
+        print(f"\nincremental vs (HR / NDCG): {lifts}\n")
+
+
+def speed() -> None:
+    path = RESULTS / "model_core_speed.json"
+    if not path.exists():
+        return
+    r = json.loads(path.read_text())
+    print(f"{r['items']:,} items × {r['factors']} factors, top-{r['k']}, exact search; per second:\n")
+    print("| device | B | fold-ins | searches | fold-in + top-20 | implicit recalc + top-20 |")
+    print("|---|---|---|---|---|---|")
+    for dev, per in r["freshrec"].items():
+        if per is None:
+            continue
+        for b, v in per.items():
+            imp = r["implicit"]["by_batch"].get(b)
+            print(f"| {dev} | {b} | {v['foldin_per_s']:,.0f} | {v['search_per_s']:,.0f} | "
+                  f"{v['foldin_search_per_s']:,.0f} | {imp:,.0f} |")
+    t = r["training"]
+    print(f"\nfold-in + top-20 at B=1024 on CPU: **{r['ratio_foldin_search_vs_implicit_b1024']}×** implicit. "
+          f"Training ({t['cells']:,} cells, {t['iterations']} sweeps): freshrec {t['freshrec_seconds']} s, "
+          f"implicit {t['implicit_seconds']} s. Approximate indexes at B=1024: "
+          + ", ".join(f"{k} {v['search_per_s_b1024']:,.0f}/s (recall@20 {v['recall_at_20']})"
+                      for k, v in r["ann"].items()) + ".")
+
+
+if __name__ == "__main__":
+    quality()
+    speed()
