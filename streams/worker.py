@@ -202,8 +202,7 @@ def build_app(settings: Settings, state: WorkerState) -> faust.App:
     events_topic = app.topic(settings.events_topic, key_serializer="raw", value_serializer="raw")
     recs_topic = app.topic(settings.recommendations_topic, key_serializer="raw", value_serializer="raw")
     dlq_topic = app.topic(settings.dlq_topic, key_serializer="raw", value_serializer="raw")
-    # keys: user id bytes; values: UserHistory as JSON bytes (raw serializers, so the
-    # changelog is readable by any Kafka tool)
+    # key: user id; value: UserHistory.to_dict() (Faust tables serialize both as JSON)
     histories = app.Table("user-history", partitions=settings.partitions, default=None)
     metrics = state.metrics
 
@@ -240,8 +239,8 @@ def build_app(settings: Settings, state: WorkerState) -> faust.App:
             for event, ev in valid:
                 h = touched.get(event.user_id)
                 if h is None:
-                    raw = histories.data.get(event.user_id.encode())
-                    h = UserHistory.from_dict(json.loads(raw)) if raw else UserHistory(event.user_id)
+                    raw = histories.data.get(event.user_id)
+                    h = UserHistory.from_dict(raw) if raw else UserHistory(event.user_id)
                 if h.add(event, state.rec.model.config.weights, state.foldin):  # type: ignore[union-attr]
                     touched[event.user_id] = h
                     partition_of[event.user_id] = ev.message.partition
@@ -260,9 +259,11 @@ def build_app(settings: Settings, state: WorkerState) -> faust.App:
                 msg = Recommendation(user, items, rec.model_version, rec.index_version, h.events_applied,
                                      h.last_event_id, h.last_event_time, now)
                 await recs_topic.send(key=user.encode(), value=encode_recommendation(msg))
-                key, value = user.encode(), json.dumps(h.to_dict(), separators=(",", ":")).encode()
-                histories.data[key] = value
-                histories.send_changelog(partition_of[user], key, value)
+                value = h.to_dict()
+                histories.data[user] = value
+                histories.send_changelog(partition_of[user], user, value)
+            # state and lists are on the broker before these events can be committed as done
+            await app.producer.flush()
             if embedded:  # see _seal_changelog
                 await _seal_changelog(app, histories, set(partition_of.values()))
             metrics.inc("lists_out", len(touched))
@@ -315,20 +316,19 @@ def build_app(settings: Settings, state: WorkerState) -> faust.App:
     return app
 
 
-_MARKER = b"__freshrec_changelog_marker__"
+_MARKER = "__freshrec_changelog_marker__"
 
 
 async def _seal_changelog(app: faust.App, table: Any, partitions: set[int]) -> None:
     """Embedded broker only: end every batch of changelog writes with a lone marker record.
 
     Tansu under-reports a partition's end offset as the start of its last stored
-    batch + 1, so Faust's recovery stops inside the last batch. Flushing the
-    state writes first and then a one-record batch makes that last batch a
-    marker nobody reads, and every real state write is recovered.
+    batch + 1, so Faust's recovery stops inside the last batch. With the state
+    writes already flushed, a one-record batch after them makes that last batch
+    a marker nobody reads, and every real state write is recovered.
     """
-    await app.producer.flush()
     for p in partitions:
-        table.send_changelog(p, _MARKER, b"{}")
+        table.send_changelog(p, _MARKER, {})
     await app.producer.flush()
 
 

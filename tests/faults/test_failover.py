@@ -1,0 +1,86 @@
+"""A worker that dies loses nothing: its users' state comes back from the changelog."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from confluent_kafka import Producer
+
+from model_core.als import train_als
+from model_core.config import ALSConfig
+from model_core.synth import SynthConfig, generate_events
+from streams.broker import EmbeddedBroker
+from streams.kafka import client_config
+from streams.settings import Settings, load_settings
+from streams.tail import RecommendationClient
+
+USERS = [f"f{i}" for i in range(24)]
+
+
+def _settings(broker: EmbeddedBroker, tmp_path: Path) -> Settings:
+    return load_settings(environ={}).with_(
+        brokers=broker.bootstrap, profile="embedded", topic_prefix=f"f{uuid.uuid4().hex[:8]}", partitions=2,
+        web_port=0, group=f"g{uuid.uuid4().hex[:8]}", k=5, metrics_interval_s=1.0, data_dir=str(tmp_path / "d"))
+
+
+def _model(tmp_path: Path) -> Path:
+    synth = SynthConfig(users=100, items=60, events=3000, clusters=3, seed=5)
+    train_als(generate_events(synth), ALSConfig(factors=8, iterations=4), device="cpu").save(tmp_path / "models")
+    return tmp_path / "models"
+
+
+def _send(settings: Settings, round_: int, n: int) -> None:
+    p = Producer(client_config(settings, "producer"))
+    for user in USERS:
+        for j in range(n):
+            ev = {"user_id": user, "item_id": f"i{(round_ * 7 + j) % 60}", "type": "view",
+                  "time": 1_800_000_000 + round_ * 100 + j, "event_id": f"{user}-{round_}-{j}"}
+            p.produce(settings.events_topic, key=user.encode(), value=json.dumps(ev).encode())
+    assert p.flush(10) == 0
+
+
+def _applied(settings: Settings, expected: int, timeout: float = 60.0) -> dict[str, int]:
+    """Newest events_applied per user once every user's list reached ``expected`` (or the timeout)."""
+    with RecommendationClient(settings) as client:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            client.poll(0.2)
+            if len(client.latest) == len(USERS) and all(r.events_applied >= expected for r in client.latest.values()):
+                break
+        return {u: r.events_applied for u, r in client.latest.items()}
+
+
+@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGTERM])
+def test_restarted_worker_recovers_every_users_state(
+    broker: EmbeddedBroker, tmp_path: Path, start_worker: Callable, how: signal.Signals
+) -> None:
+    settings, models = _settings(broker, tmp_path), _model(tmp_path)
+    first = start_worker(settings, models, "first")
+    _send(settings, 0, 3)
+    assert _applied(settings, 3) == dict.fromkeys(USERS, 3)
+    time.sleep(4)  # past Faust's offset commit interval
+    first.stop(how)
+    second = start_worker(settings, models, "second")
+    _send(settings, 1, 1)
+    assert _applied(settings, 4) == dict.fromkeys(USERS, 4), second.log_text()[-2000:]
+
+
+def test_surviving_worker_takes_over_with_the_state(
+    broker: EmbeddedBroker, tmp_path: Path, start_worker: Callable
+) -> None:
+    settings, models = _settings(broker, tmp_path), _model(tmp_path)
+    a = start_worker(settings, models, "a")
+    b = start_worker(settings, models, "b")
+    a.wait_for_log("Setting newly assigned partitions", count=2)  # rebalanced to share the partitions
+    _send(settings, 0, 2)
+    assert _applied(settings, 2) == dict.fromkeys(USERS, 2)
+    time.sleep(4)
+    a.stop(signal.SIGKILL)
+    _send(settings, 1, 1)
+    assert _applied(settings, 3, timeout=90) == dict.fromkeys(USERS, 3), b.log_text()[-2000:]
