@@ -2,6 +2,7 @@
 
     python deploy/config_table.py            # print the table
     python deploy/config_table.py --check    # exit 1 if deploy/README.md holds another table
+    python deploy/config_table.py --write    # put the current table into deploy/README.md
 
 Reads the source with ``ast`` (no import, so it runs without the project installed):
 each ``Settings`` field, its default and the docstring under it, copied exactly
@@ -44,11 +45,17 @@ def table() -> str:
 
 def main(argv: list[str]) -> int:
     text = table()
+    path = ROOT / "deploy" / "README.md"
+    readme = path.read_text()
+    head, rest = readme.split(BEGIN, 1)
+    current, tail = rest.split(END, 1)
+    if "--write" in argv:
+        path.write_text(f"{head}{BEGIN}\n{text}\n{END}{tail}")
+        return 0
     if "--check" in argv:
-        readme = (ROOT / "deploy" / "README.md").read_text()
-        current = readme.split(BEGIN, 1)[1].split(END, 1)[0].strip()
+        current = current.strip()
         if current != text:
-            print("deploy/README.md: configuration table is stale; regenerate with python deploy/config_table.py",
+            print("deploy/README.md: configuration table is stale; regenerate with python deploy/config_table.py --write",
                   file=sys.stderr)
             return 1
         print("deploy/README.md: configuration table matches streams/settings.py")

@@ -137,6 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--partitions", type=int, default=None, help="partitions of topics freshrec creates (default 4)")
     p.add_argument("--k", type=int, default=None, help="list length (default 20)")
     p.add_argument("--batch-size", dest="batch_size", type=int, default=None, help="events per micro-batch (256)")
+    p.add_argument("--index", choices=["flat", "ivf", "hnsw", "ivf-sq8", "ivf-pq"], default=None,
+                   help="item index: flat = exact (default); the others are approximate and faster")
     p.add_argument("--web-port", dest="web_port", type=int, default=None,
                    help="port of /metrics (default 6066; 0 = off)")
     _add_foldin_args(p)

@@ -48,6 +48,8 @@ class Settings:
     """Directory of model versions the worker serves; newer versions are picked up live (FRESHREC_MODEL_DIR)."""
     k: int = 20
     """Length of each published list (FRESHREC_K)."""
+    index: str = "flat"
+    """Item index: flat (exact), ivf, hnsw, ivf-sq8 or ivf-pq (approximate, faster) (FRESHREC_INDEX)."""
     batch_size: int = 256
     """Events per micro-batch (FRESHREC_BATCH_SIZE)."""
     batch_within_s: float = 0.05
@@ -66,6 +68,8 @@ class Settings:
             raise ConfigError(f"FRESHREC_DEVICE / --device {self.device!r} must be auto, cpu or cuda")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ConfigError(f"FRESHREC_LOG_LEVEL {self.log_level!r} must be DEBUG, INFO, WARNING or ERROR")
+        if self.index not in ("flat", "ivf", "hnsw", "ivf-sq8", "ivf-pq"):
+            raise ConfigError(f"FRESHREC_INDEX / --index {self.index!r} must be flat, ivf, hnsw, ivf-sq8 or ivf-pq")
         if self.profile not in ("production", "embedded"):
             raise ConfigError(f"FRESHREC_PROFILE / --profile {self.profile!r} must be production or embedded")
         for hostport in self.brokers.split(","):

@@ -35,6 +35,7 @@ from model_core.als import ALSModel, latest_model_dir
 from model_core.config import FoldInConfig
 from model_core.errors import BadInputError, FreshrecError, ModelIncompatibleError
 from model_core.events import Event
+from model_core.index import IndexConfig
 from model_core.online import OnlineRecommender
 from model_core.state import UserHistory
 from streams.codec import Recommendation, decode_event, dlq_record, encode_recommendation
@@ -63,10 +64,14 @@ class WorkerState:
 
     def load_initial(self) -> None:
         model = ALSModel.load(self.model_root)
-        self.rec = OnlineRecommender(model, self.foldin, device=self.settings.device)
+        self.rec = self._serve(model)
         self._note_versions()
         log.info("serving model %s (%d items, k=%d) on %s from %s", model.version, len(model.item_ids),
                  model.config.factors, self.rec.device, latest_model_dir(self.model_root))
+
+    def _serve(self, model: ALSModel) -> OnlineRecommender:
+        return OnlineRecommender(model, self.foldin, IndexConfig(kind=self.settings.index),  # type: ignore[arg-type]
+                                 device=self.settings.device)
 
     def _note_versions(self) -> None:
         assert self.rec is not None
@@ -87,8 +92,7 @@ class WorkerState:
     def build_swap(self, path: Path) -> OnlineRecommender:
         """Load and index a model version (in the compute thread)."""
         assert self.rec is not None
-        model = ALSModel.load(path)
-        fresh = OnlineRecommender(model, self.foldin, device=self.settings.device)
+        fresh = self._serve(ALSModel.load(path))
         fresh.trending = self.rec.trending  # popularity is learned online: keep it
         if self.rec.unavailable:
             fresh.set_available(self.rec.unavailable, False)
