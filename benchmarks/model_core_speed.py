@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     q = rec.embed(batches[1024][0])
     exact = rec.index.search(q, K)
     ann = {}
-    for kind in ("hnsw", "ivf"):
+    for kind in ("hnsw", "ivf", "ivf-sq8", "ivf-pq"):
         index = ItemIndex.build(model.item_ids, model.item_factors, IndexConfig(kind=kind), device="cpu")
         got = index.search(q, K)
         recall = np.mean([len({i for i, _ in g} & {i for i, _ in e}) / max(1, len(e)) for g, e in zip(got, exact)])

@@ -98,11 +98,23 @@ class WorkerState:
             fresh.set_available(self.rec.unavailable, False)
         return fresh
 
-    def compute(self, events: list[Event], histories: dict[str, UserHistory]) -> list[list[tuple[str, float]]]:
-        """Learn a batch and recommend for its users (runs in the compute thread)."""
+    def compute(
+        self, events: list[Event], histories: dict[str, UserHistory]
+    ) -> tuple[OnlineRecommender, list[list[tuple[str, float]]]]:
+        """Learn a batch and recommend for its users (runs in the compute thread).
+
+        Returns the model that made the lists, so they name the right versions
+        even if a newer model is swapped in meanwhile.
+        """
+        rec = self.rec
+        assert rec is not None
+        rec.observe(events, histories)
+        return rec, rec.recommend(list(histories.values()), self.settings.k)
+
+    def set_available(self, item: str, available: bool) -> None:
+        """Catalog update (runs in the compute thread, so never during a batch's search)."""
         assert self.rec is not None
-        self.rec.observe(events, histories)
-        return self.rec.recommend(list(histories.values()), self.settings.k)
+        self.rec.set_available([item], available)
 
 
 class _CatalogListener(threading.Thread):
@@ -142,9 +154,13 @@ class _CatalogListener(threading.Thread):
         except (ValueError, KeyError, TypeError) as exc:
             log.warning("ignored catalog message %r: %s", (value or b"")[:200], exc)
             return
-        rec = self.state.rec
-        assert rec is not None
-        rec.set_available([item], action != "unavailable")
+        done = self.loop.run_in_executor(self.state.executor, self.state.set_available, item, action != "unavailable")
+        done.add_done_callback(lambda fut: self._applied(fut, item, action))
+
+    def _applied(self, fut: asyncio.Future[None], item: str, action: str) -> None:
+        if fut.exception() is not None:
+            log.error("catalog update %s=%s failed: %s", item, action, fut.exception())
+            return
         self.state.metrics.inc("catalog_updates")
         log.info("catalog: %s is %s", item, action)
 
@@ -255,9 +271,7 @@ def build_app(settings: Settings, state: WorkerState) -> faust.App:
             if not touched:
                 continue
             metrics.inc("events_applied", len(applied))
-            lists = await loop.run_in_executor(state.executor, state.compute, applied, touched)
-            rec = state.rec
-            assert rec is not None
+            rec, lists = await loop.run_in_executor(state.executor, state.compute, applied, touched)
             now = time.time()
             for (user, h), items in zip(touched.items(), lists):
                 msg = Recommendation(user, items, rec.model_version, rec.index_version, h.events_applied,
