@@ -69,13 +69,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"log: {len(events)} events, {users} users, {args.items} items ({time.perf_counter() - t:.1f}s)",
           file=sys.stderr)
     cfg = ALSConfig(factors=args.factors, iterations=15)
-    out: dict = {"items": args.items, "factors": args.factors, "events": len(events), "k": K,
+    out: dict = {"items": args.items, "factors": args.factors, "events": len(events), "k": K, "indexed_items": None,
                  "machine": {"python": platform.python_version(), "processor": platform.processor() or platform.machine()}}
 
     # -- training: ours vs implicit on the same cells and hyper-parameters ------------------
     t = time.perf_counter()
     model = train_als(events, cfg, device="cpu")
     ours_train = time.perf_counter() - t
+    out["indexed_items"] = len(model.item_ids)  # catalogue items that occur in the log
     import scipy.sparse as sp
     from implicit.cpu.als import AlternatingLeastSquares
     from threadpoolctl import threadpool_limits

@@ -324,7 +324,7 @@ def build_app(settings: Settings, state: WorkerState) -> faust.App:
         log.info("worker ready: consuming %s (group %s), publishing %s", settings.events_topic, settings.group,
                  settings.recommendations_topic)
 
-    @app.on_before_shutdown.connect  # type: ignore[misc]
+    @app.on_before_shutdown.connect  # type: ignore[misc, arg-type]
     def stop_catalog(app_: Any, **kwargs: Any) -> None:
         listener = getattr(app_, "_freshrec_catalog", None)
         if listener is not None:
@@ -362,7 +362,7 @@ def _lag(app: faust.App, topic: str) -> int | None:
             if tp.topic != topic:
                 continue
             high = consumer.highwater(tp)
-            pos = consumer._read_offset.get(tp)
+            pos = consumer._read_offset.get(tp)  # type: ignore[attr-defined]
             if high is not None:
                 total += max(0, high - 1 - (pos if pos is not None else -1))
         return total
