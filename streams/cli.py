@@ -15,24 +15,12 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from model_core.errors import FreshrecError
-from streams.settings import Settings, load_settings
+from streams.settings import Settings, add_kafka_flags, load_settings
 
 log = logging.getLogger("freshrec")
 
 EPILOG = ("Every setting can also come from a FRESHREC_<NAME> variable (flags win); "
           "see deploy/README.md for the full reference.")
-
-
-def add_kafka_args(p: argparse.ArgumentParser) -> None:
-    """Flags shared by every command that talks to Kafka (dest names = Settings fields)."""
-    g = p.add_argument_group("Kafka")
-    g.add_argument("--brokers", default=None, metavar="H:P[,H:P]",
-                   help="bootstrap servers (FRESHREC_BROKERS; default 127.0.0.1:9092)")
-    g.add_argument("--profile", choices=["production", "embedded"], default=None,
-                   help="client tuning: production = Apache Kafka (default), embedded = the Tansu broker "
-                   "of `freshrec broker`")
-    g.add_argument("--topic-prefix", dest="topic_prefix", default=None,
-                   help="topics are PREFIX.events, .events.dlq, .items, .recommendations (default freshrec)")
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -130,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "core, search the index and publish one fresh top-K list per user. Workers with the "
                        "same --group share the partitions; state moves with them (changelog). Listens to the "
                        "catalog topic and hot-swaps newer model versions found under --model.")
-    add_kafka_args(p)
+    add_kafka_flags(p)
     p.add_argument("--model", dest="model_dir", default=None, metavar="DIR",
                    help="directory of model versions (FRESHREC_MODEL_DIR; default ./models)")
     p.add_argument("--group", default=None, help="consumer group / Faust app id (default freshrec-worker)")

@@ -43,7 +43,7 @@ from model_core.logs import ReadReport, read_events
 from streams.codec import encode_event
 from streams.errors import BrokerUnavailableError
 from streams.kafka import check_brokers, client_config, ensure_topics
-from streams.settings import Settings
+from streams.settings import Settings, add_kafka_flags
 
 __all__ = ["ReplayStats", "add_parser", "replay", "replay_event_id", "run"]
 
@@ -204,18 +204,6 @@ def replay(
 # ---------------------------------------------------------------------- CLI
 
 
-def add_broker_args(p: argparse.ArgumentParser) -> None:
-    """``--brokers``, ``--profile``, ``--topic-prefix`` (dest names match Settings fields)."""
-    p.add_argument("--brokers", default=None, metavar="H:P[,H:P]",
-                   help="Kafka bootstrap servers (default: FRESHREC_BROKERS, else 127.0.0.1:9092)")
-    p.add_argument("--profile", choices=("production", "embedded"), default=None,
-                   help="client tuning: production (Apache Kafka) or embedded (the Tansu broker of "
-                   "`freshrec broker`) (default: FRESHREC_PROFILE, else production)")
-    p.add_argument("--topic-prefix", dest="topic_prefix", default=None, metavar="PREFIX",
-                   help="topics are PREFIX.events, PREFIX.recommendations, ... "
-                   "(default: FRESHREC_TOPIC_PREFIX, else freshrec)")
-
-
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """``freshrec replay --log FILE [--format F] [--rate N | --speedup X | --max]``."""
     from model_core.logs import FORMATS
@@ -242,7 +230,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     pace.add_argument("--speedup", type=float, default=None, metavar="X",
                       help="keep the log's event-time gaps, divided by X (e.g. 3600: an hour a second)")
     pace.add_argument("--max", action="store_true", help="as fast as possible (the default)")
-    add_broker_args(p)
+    add_kafka_flags(p)
     p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for a broker (default 10)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")

@@ -11,13 +11,14 @@ start on loopback; see docs/broker.md for the workarounds it needs).
 
 from __future__ import annotations
 
+import argparse
 import os
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from model_core.errors import ConfigError
 
-__all__ = ["Settings", "load_settings"]
+__all__ = ["Settings", "load_settings", "add_kafka_flags"]
 
 
 @dataclass(frozen=True)
@@ -139,3 +140,15 @@ def load_settings(overrides: dict[str, Any] | None = None, environ: dict[str, st
     known = {f.name for f in fields(Settings)}
     values.update({k: v for k, v in (overrides or {}).items() if v is not None and k in known})
     return Settings(**values)
+
+
+def add_kafka_flags(p: argparse.ArgumentParser) -> None:
+    """``--brokers``, ``--profile``, ``--topic-prefix`` (dest names match Settings fields)."""
+    p.add_argument("--brokers", default=None, metavar="H:P[,H:P]",
+                   help="Kafka bootstrap servers (default: FRESHREC_BROKERS, else 127.0.0.1:9092)")
+    p.add_argument("--profile", choices=("production", "embedded"), default=None,
+                   help="client tuning: production (Apache Kafka) or embedded (the Tansu broker of "
+                   "`freshrec broker`) (default: FRESHREC_PROFILE, else production)")
+    p.add_argument("--topic-prefix", dest="topic_prefix", default=None, metavar="PREFIX",
+                   help="topics are PREFIX.events, PREFIX.recommendations, ... "
+                   "(default: FRESHREC_TOPIC_PREFIX, else freshrec)")

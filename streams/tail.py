@@ -215,7 +215,7 @@ def format_recommendation(rec: Recommendation, *, now: float | None = None, max_
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """``freshrec tail [--user U] [--follow] [--json]``."""
-    from streams.replay import add_broker_args
+    from streams.settings import add_kafka_flags
 
     p = sub.add_parser(
         "tail", help="print the published recommendation lists",
@@ -234,7 +234,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                    help="without --follow: the topic is drained after this long without a message (default 2)")
     p.add_argument("--group", default=None,
                    help="join this consumer group (default: read all partitions, commit nothing)")
-    add_broker_args(p)
+    add_kafka_flags(p)
     p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for a broker (default 10)")
     p.add_argument("--quiet", action="store_true", help="(no effect; accepted like the other commands)")
     p.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
