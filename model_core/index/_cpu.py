@@ -1,13 +1,22 @@
-"""Exact CPU top-k by inner product with norm-ordered block pruning.
+"""Exact CPU top-k by inner product with bound-ordered block pruning.
 
-Items are sorted by vector norm, descending, and cut into blocks. For a query
-``q`` and a block whose largest norm is ``m``, every item ``v`` in it scores
-``q . v <= ||q|| * ||v|| <= ||q|| * m`` (Cauchy-Schwarz). Blocks are scored in
-order with one sgemm each (numpy/OpenBLAS) and merged by numpy selection; once
-a query's current k-th best score exceeds ``||q|| * m`` for the next block, no
-later block can enter its top-k (norms only decrease), and the query drops out.
-The result is exact by construction; on item factors with skewed norms (iALS:
-popularity) most of the tail is never scored.
+At build the principal axis ``e`` of the item vectors is estimated (top
+eigenvector of ``V^T V`` on a sample) and every item split into ``x = v . e``
+and ``y = ||v - x e||``. Items are sorted by ``y``, descending, and cut into
+blocks. For a query ``q`` (``a = q . e``, ``c = ||q - a e||``) every item of a
+block scores
+
+    ``q . v = a x + (q - a e) . (v - x e) <= a x + c y <= max(a xmin, a xmax) + c ymax``
+
+(Cauchy-Schwarz on the part orthogonal to ``e``), and never more than
+``||q|| * max ||v||`` either; the smaller of the two is the block's bound. On
+item factors with a strong common direction (iALS: a popularity axis that user
+embeddings are nearly orthogonal to) ``y`` is much smaller than ``||v||``, so
+this prunes far more than the plain norm bound; on isotropic data it is the
+norm bound. Blocks are scored in order with one sgemm each (numpy/OpenBLAS)
+and merged by numpy selection, each for the queries whose bound still reaches
+their current k-th best score; the search stops once no later block can. The
+result is exact by construction (bounds carry a float32 rounding slack).
 
 Rows can be appended after the snapshot (:meth:`NormBlockLayout.append`): they
 go to an unsorted *tail* that every query scores first, as one extra block (it
@@ -25,23 +34,28 @@ import numpy as np
 __all__ = ["NormBlockLayout", "BLOCK_SIZES"]
 
 #: sizes of the leading blocks; the rest are ``BLOCK_SIZES[-1]`` wide.
-BLOCK_SIZES: tuple[int, ...] = (2048, 2048, 4096, 8192, 16384)
+BLOCK_SIZES: tuple[int, ...] = (1024, 1024, 2048, 4096)
 #: bound on one chunk's score matrix (queries x block columns), in float32 cells.
 _CHUNK_CELLS = 1 << 21
-#: relative slack on the Cauchy-Schwarz bound against float32 rounding in sgemm.
+#: slack on the block bounds against float32 rounding in sgemm, times ||q|| * max ||v||.
 _BOUND_SLACK = 1e-4
 #: rebuild once the tail holds more than max(TAIL_MIN_ROWS, TAIL_RATIO * sorted rows) rows.
 TAIL_MIN_ROWS = 2048
 TAIL_RATIO = 0.05
 #: ... or once more than this share of all rows (sorted and tail) is masked.
 MASKED_RATIO = 0.25
+#: rows sampled to estimate the principal axis, and rows per float64 chunk at build.
+_AXIS_SAMPLE = 8192
+_SPLIT_ROWS = 8192
 
 
 class NormBlockLayout:
-    """Snapshot of item vectors sorted by norm (descending), for exact search.
+    """Snapshot of item vectors sorted by residual norm ``y`` (descending), for exact search.
 
     slots: [m] int64 item slot of each row; vecs: [m, dim] float32;
-    norms: [m] float64. Rows can be masked (item removed or made unavailable
+    norms: [m] float64; axis: [dim] float64 (see the module notes); per block
+    ``block_max`` (largest norm), ``block_resid`` (largest ``y``),
+    ``block_xmin`` / ``block_xmax`` (range of ``x``). Rows can be masked (item removed or made unavailable
     after the snapshot) without rebuilding, and rows appended to an unsorted
     tail (:meth:`append`). Rows are numbered ``0..m-1`` (sorted part) then
     ``m..m+n_tail-1`` (tail); ``row_of_slot`` maps a slot to its current row,
@@ -53,13 +67,15 @@ class NormBlockLayout:
         if vecs.ndim != 2:
             raise ValueError(f"vecs must be 2-D [m, dim], got shape {vecs.shape}")
         self.dim = int(vecs.shape[1])
-        # float32 sums of squares: the relative error (~dim * 6e-8) is far inside _BOUND_SLACK
-        norms = np.sqrt(np.einsum("ij,ij->i", vecs, vecs).astype(np.float64))
-        order = np.argsort(-norms, kind="stable")
+        m = int(vecs.shape[0])
+        #: unit principal axis ``e`` of the rows (float64 [dim]; zeros when there are none)
+        self.axis: np.ndarray = _principal_axis(vecs)
+        norms, proj, resid = _split_norms(vecs, self.axis)
+        order = np.argsort(-resid, kind="stable")
         self.slots: np.ndarray = np.asarray(slots, dtype=np.int64)[order]
         self.vecs: np.ndarray = np.take(vecs, order, axis=0)
         self.norms: np.ndarray = norms[order]
-        m = len(self.slots)
+        proj, resid = proj[order], resid[order]
         starts: list[int] = []
         pos, i = 0, 0
         while pos < m:
@@ -68,7 +84,13 @@ class NormBlockLayout:
             i += 1
         self.starts = np.asarray(starts, dtype=np.int64)
         self.ends = np.append(self.starts[1:], m).astype(np.int64)
-        self.block_max = self.norms[self.starts] if m else np.zeros(0)
+        if m:
+            self.block_max = np.maximum.reduceat(self.norms, self.starts)  # largest norm
+            self.block_resid = resid[self.starts]  # largest y (rows sorted by y)
+            self.block_xmin = np.minimum.reduceat(proj, self.starts)
+            self.block_xmax = np.maximum.reduceat(proj, self.starts)
+        else:
+            self.block_max = self.block_resid = self.block_xmin = self.block_xmax = np.zeros(0)
         self.masked = np.zeros(m, dtype=bool)
         self.masked_per_block = np.zeros(len(starts), dtype=np.int64)
         self.n_masked = 0  # masked rows, sorted part and tail together
@@ -237,13 +259,25 @@ class NormBlockLayout:
         milliseconds per call on small machines.
         """
         b = q.shape[0]
-        qn = np.linalg.norm(q.astype(np.float64), axis=1) * (1.0 + _BOUND_SLACK)
+        q64 = q.astype(np.float64)
+        qn = np.linalg.norm(q64, axis=1)
+        a = q64 @ self.axis  # q . e
+        c = np.sqrt(np.maximum(qn * qn - a * a, 0.0))  # ||q - (q . e) e||
+        # per (query, block) upper bound on any score in the block: q . v = a x + q_perp . v_perp
+        # <= a x + c y <= max(a xmin, a xmax) + c ymax; never looser than ||q|| * max ||v||.
+        # Plus an absolute slack against float32 rounding in the sgemm and the k-th score.
+        bound = np.minimum(
+            np.maximum(a[:, None] * self.block_xmin, a[:, None] * self.block_xmax) + c[:, None] * self.block_resid,
+            qn[:, None] * self.block_max,
+        ) + _BOUND_SLACK * qn[:, None] * self.block_max
+        # best bound over this block and all later ones: once below every k-th score, stop
+        rest = np.maximum.accumulate(bound[:, ::-1], axis=1)[:, ::-1]
         vals = np.full((b, k), -np.inf, dtype=np.float32)  # current top-k, unordered
         rows = np.full((b, k), -1, dtype=np.int64)
         kth = np.full(b, -np.inf, dtype=np.float32)  # current k-th best per query
         scored = 0
         t = self.n_tail
-        if t:  # the tail first, for every query: no norm bound, but it seeds kth
+        if t:  # the tail first, for every query: no bound, but it seeds kth
             scores = _scores(q, self.tail_vecs[:t])
             scored += scores.size
             if self.n_tail_masked:
@@ -254,10 +288,12 @@ class NormBlockLayout:
             if j == 0 and not t:
                 act = None
             else:
-                # skip the block where ||q|| * max_norm(block) < k-th best score
-                keep = qn * float(self.block_max[j]) >= kth
+                if not (rest[:, j] >= kth).any():
+                    break  # no later block can enter any top-k
+                # skip the block for queries whose bound is below their k-th best score
+                keep = bound[:, j] >= kth
                 if not keep.any():
-                    break  # norms only decrease and thresholds only rise: done
+                    continue
                 act = None if keep.all() else np.flatnonzero(keep)
             qa = q if act is None else q[act]
             scores = _scores(qa, self.vecs[s:e])  # [a, e - s]: one sgemm (sgemv for one query)
@@ -275,6 +311,37 @@ class NormBlockLayout:
         sr = np.take_along_axis(rows, order, axis=1)
         sr[~np.isfinite(sv)] = -1
         return sv, sr, scored
+
+
+def _principal_axis(vecs: np.ndarray) -> np.ndarray:
+    """Top eigenvector of ``V^T V`` (uncentred) on an evenly strided sample of at most
+    ``_AXIS_SAMPLE`` rows, float64 [dim]; zeros for no rows. Any unit vector keeps the
+    search exact; this one makes the residual norms smallest on average."""
+    m, dim = vecs.shape
+    if m == 0:
+        return np.zeros(dim)
+    sample = vecs[:: max(1, m // _AXIS_SAMPLE)].astype(np.float64)
+    w, E = np.linalg.eigh(sample.T @ sample)
+    e = E[:, -1]
+    if not np.all(np.isfinite(e)) or w[-1] <= 0:
+        return np.zeros(dim)
+    return e / np.linalg.norm(e)
+
+
+def _split_norms(vecs: np.ndarray, axis: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per row, float64: ``||v||``, ``x = v . e`` and ``y = ||v - x e||`` (= sqrt(||v||^2 - x^2)).
+
+    Computed in float64 (in row chunks): ``y`` comes from a difference of squares,
+    and float32 sums would leave an absolute error of ~sqrt(dim * 6e-8) * ||v|| in it.
+    """
+    m = vecs.shape[0]
+    norms, proj = np.empty(m), np.empty(m)
+    for s in range(0, m, _SPLIT_ROWS):
+        v = vecs[s:s + _SPLIT_ROWS].astype(np.float64)
+        norms[s:s + len(v)] = np.einsum("ij,ij->i", v, v)
+        proj[s:s + len(v)] = v @ axis
+    resid = np.sqrt(np.maximum(norms - proj * proj, 0.0))
+    return np.sqrt(norms), proj, resid
 
 
 def _scores(q: np.ndarray, vecs: np.ndarray) -> np.ndarray:
@@ -316,16 +383,22 @@ def _merge_block(
         vals[:] = np.take_along_axis(cv, sel, axis=1)
         rows[:] = np.take_along_axis(cr, sel, axis=1)
     else:
-        cand_r, cand_c = np.divmod(flat, w)
-        ur, inv = np.unique(cand_r, return_inverse=True)
-        m = len(ur)
-        all_r = np.concatenate((np.repeat(np.arange(m), k), inv.ravel()))
-        all_v = np.concatenate((vals[ur].ravel(), scores.ravel()[flat]))
-        all_i = np.concatenate((rows[ur].ravel(), cand_c.astype(np.int64) + offset))
-        order = np.lexsort((-all_v, all_r))
-        counts = np.bincount(all_r, minlength=m)
-        first = np.concatenate(([0], np.cumsum(counts)[:-1]))
-        pick = order[(first[:, None] + np.arange(k)[None, :]).ravel()]
-        vals[ur] = all_v[pick].reshape(m, k)
-        rows[ur] = all_i[pick].reshape(m, k)
+        # pad each affected row's candidates to the widest row's count (-inf), append
+        # them to its current top-k and keep the k largest: one argpartition
+        cand_r, cand_c = np.divmod(flat, w)  # row-major: rows ascending
+        counts = np.bincount(cand_r, minlength=a)
+        ur = np.flatnonzero(counts)
+        cnt = counts[ur]
+        first = np.cumsum(cnt) - cnt
+        inv = np.repeat(np.arange(len(ur)), cnt)
+        pos = np.arange(n_cand) - first[inv]
+        wide = int(cnt.max())
+        cv = np.full((len(ur), k + wide), -np.inf, dtype=np.float32)
+        cr = np.full((len(ur), k + wide), -1, dtype=np.int64)
+        cv[:, :k], cr[:, :k] = vals[ur], rows[ur]
+        cv[inv, k + pos] = scores.ravel()[flat]
+        cr[inv, k + pos] = cand_c + offset
+        sel = np.argpartition(cv, wide, axis=1)[:, wide:]  # drop the `wide` smallest
+        vals[ur] = np.take_along_axis(cv, sel, axis=1)
+        rows[ur] = np.take_along_axis(cr, sel, axis=1)
     kth[:] = vals.min(axis=1)

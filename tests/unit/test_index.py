@@ -39,6 +39,29 @@ def _clustered(n: int, dim: int, n_clusters: int = 32, seed: int = 0) -> np.ndar
     return (centers[labels] + rng.standard_normal((n, dim)).astype(np.float32)).astype(np.float32)
 
 
+def _shaped(n: int, dim: int, shape: str, seed: int = 0, spread: float = 0.0) -> np.ndarray:
+    """Item vectors: "iso" (gaussian, lognormal norms), "axis" (a strong common direction
+    plus noise, like iALS item factors) or "clustered"."""
+    if shape == "clustered":
+        return _clustered(n, dim, n_clusters=max(1, min(32, n // 8 + 1)), seed=seed)
+    v = _vectors(n, dim, seed=seed, spread=spread)
+    if shape == "axis":
+        rng = np.random.default_rng(seed + 1)
+        e = rng.standard_normal(dim)
+        e /= np.linalg.norm(e)
+        v = 0.3 * v - (3.0 * rng.lognormal(0.0, 1.0, (n, 1)) * e).astype(np.float32)
+    return v.astype(np.float32)
+
+
+def _queries(b: int, dim: int, shape: str, V: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Queries with lognormal norms; for "axis" items mostly orthogonal to the items' main direction."""
+    Q = rng.standard_normal((b, dim)) * rng.lognormal(0, 1, (b, 1))
+    if shape == "axis" and len(V) and dim > 1:
+        e = np.linalg.eigh(V.astype(np.float64).T @ V)[1][:, -1]
+        Q -= 0.95 * np.outer(Q @ e, e)
+    return Q.astype(np.float32)
+
+
 def _brute(ids: list[str], V: np.ndarray, Q: np.ndarray, k: int) -> list[list[str]]:
     S = Q @ V.T
     order = np.argsort(-S, axis=1, kind="stable")[:, :k]
@@ -461,22 +484,23 @@ def test_ivf_falls_back_to_flat_when_too_few_vectors(caplog) -> None:  # type: i
 
 
 # ---------------------------------------------------------------- fast path
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     n=st.integers(1, 3000),
     dim=st.integers(1, 24),
-    b=st.integers(1, 40),
-    k=st.integers(1, 60),
+    b=st.integers(1, 40) | st.just(1),
+    k=st.integers(1, 60) | st.just(4000),
     spread=st.sampled_from([0.0, 0.5, 2.0]),
+    shape=st.sampled_from(["iso", "axis", "clustered"]),
     masked=st.floats(0.0, 0.5),
     seed=st.integers(0, 2**16),
 )
 def test_norm_pruned_fast_path_equals_faiss_flat(
-    n: int, dim: int, b: int, k: int, spread: float, masked: float, seed: int
+    n: int, dim: int, b: int, k: int, spread: float, shape: str, masked: float, seed: int
 ) -> None:
     rng = np.random.default_rng(seed)
-    V = _vectors(n, dim, seed=seed, spread=spread)
-    Q = rng.standard_normal((b, dim)).astype(np.float32) * rng.lognormal(0, 1, (b, 1)).astype(np.float32)
+    V = _shaped(n, dim, shape, seed=seed, spread=spread)
+    Q = _queries(b, dim, shape, V, rng)
     layout = NormBlockLayout(np.arange(n), V, block_sizes=(64, 128, 512))
     hide = rng.random(n) < masked
     for s in np.flatnonzero(hide):
@@ -487,7 +511,7 @@ def test_norm_pruned_fast_path_equals_faiss_flat(
         return
     ref = faiss.IndexFlatIP(dim)
     ref.add(V[keep])
-    D, I = ref.search(Q, k)
+    D, I = ref.search(Q, min(k, n))
     scores, slots, frac = layout.search(Q, k)
     assert 0.0 < frac <= 1.0
     kk = min(k, len(keep))
@@ -510,6 +534,45 @@ def test_fast_path_prunes_skewed_norms() -> None:
     layout = NormBlockLayout(np.arange(n), V)
     _, _, frac = layout.search(_vectors(64, 32, seed=1), 20)
     assert frac < 0.6
+
+
+def test_fast_path_prunes_along_a_common_axis() -> None:
+    """Items with a strong common direction and queries nearly orthogonal to it (iALS):
+    the residual bound prunes where the norm bound cannot, and stays exact."""
+    n, dim = 20_000, 32
+    rng = np.random.default_rng(3)
+    V = _shaped(n, dim, "axis", seed=3, spread=1.0)
+    Q = _queries(64, dim, "axis", V, rng)
+    layout = NormBlockLayout(np.arange(n), V)
+    assert abs(abs(float(layout.axis @ layout.axis)) - 1.0) < 1e-9
+    scores, _, frac = layout.search(Q, 20)
+    assert frac < 0.5
+    exact = Q.astype(np.float64) @ V.astype(np.float64).T
+    kth = -np.sort(-exact, axis=1)[:, 19]
+    # even a per-item norm bound (||q|| ||v|| >= k-th best) would score far more pairs
+    norm_frac = float(np.mean(np.linalg.norm(Q, axis=1)[:, None] * np.linalg.norm(V, axis=1)[None, :] >= kth[:, None]))
+    assert frac < 0.5 * norm_frac
+    np.testing.assert_allclose(scores, -np.sort(-exact, axis=1)[:, :20], rtol=1e-4, atol=1e-4)
+    # with the axis switched off only the norm bound is left: slower, same result
+    flat = NormBlockLayout(np.arange(n), V)
+    flat.axis = np.zeros(dim)
+    flat.block_xmin = flat.block_xmax = np.zeros(len(flat.starts))
+    flat.block_resid = flat.block_max
+    s2, _, frac2 = flat.search(Q, 20)
+    assert frac2 > frac
+    np.testing.assert_allclose(scores, s2, rtol=1e-5, atol=1e-5)
+
+
+def test_layout_degenerate_rows() -> None:
+    """All-zero and one-dimensional rows: the axis falls back to zeros or a unit vector; exact."""
+    zero = NormBlockLayout(np.arange(5), np.zeros((5, 3), np.float32))
+    assert not zero.axis.any()
+    scores, slots, _ = zero.search(np.ones((2, 3), np.float32), 7)
+    assert np.all(scores[:, :5] == 0) and np.all(slots[:, 5:] == -1)
+    assert sorted(slots[0, :5].tolist()) == list(range(5))
+    one = NormBlockLayout(np.arange(4), np.array([[1.0], [-2.0], [3.0], [0.5]], np.float32))
+    _, slots, _ = one.search(np.array([[1.0], [-1.0]], np.float32), 2)
+    assert slots.tolist() == [[2, 0], [1, 3]]
 
 
 
@@ -536,18 +599,19 @@ def _check_layout(layout: NormBlockLayout, ref: dict[int, np.ndarray], Q: np.nda
         np.testing.assert_allclose(scores[b, :kk], S[b, pos], rtol=1e-4, atol=1e-4)
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     n=st.integers(0, 600),
     dim=st.integers(1, 12),
-    k=st.integers(1, 40),
+    k=st.integers(1, 40) | st.just(1000),
     spread=st.sampled_from([0.0, 1.0, 3.0]),
+    shape=st.sampled_from(["iso", "axis", "clustered"]),
     seed=st.integers(0, 2**16),
 )
-def test_layout_tail_appends_stay_exact(n: int, dim: int, k: int, spread: float, seed: int) -> None:
+def test_layout_tail_appends_stay_exact(n: int, dim: int, k: int, spread: float, shape: str, seed: int) -> None:
     """Appends (new and replaced slots), masks, unmasks and drops on a snapshot equal brute force."""
     rng = np.random.default_rng(seed)
-    V = _vectors(n, dim, seed=seed, spread=spread)
+    V = _shaped(n, dim, shape, seed=seed, spread=spread)
     layout = NormBlockLayout(np.arange(n), V, block_sizes=(16, 32, 64))
     vec: dict[int, np.ndarray] = {s: V[s] for s in range(n)}  # slot -> current vector
     hidden: set[int] = set()
@@ -582,7 +646,7 @@ def test_layout_tail_appends_stay_exact(n: int, dim: int, k: int, spread: float,
             hidden.discard(s)
             assert not layout.mask_slot(s) and not layout.unmask_slot(s)
         if step % 10 == 0 or op == 5:
-            Q = rng.standard_normal((int(rng.integers(1, 5)), dim)).astype(np.float32)
+            Q = _queries(int(rng.choice([1, 1, 4])), dim, shape, V, rng)
             _check_layout(layout, {s: v for s, v in vec.items() if s not in hidden}, Q, k)
     assert layout.n_masked == int(layout.masked.sum() + layout.tail_masked[: layout.n_tail].sum())
     assert len(layout) == n + layout.n_tail
