@@ -226,13 +226,18 @@ class NormBlockLayout:
             out[sel] = self.tail_slots[rows[sel] - m]
         return out
 
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, float]:
+    def search(
+        self, queries: np.ndarray, k: int, exclude: tuple[np.ndarray, np.ndarray] | None = None
+    ) -> tuple[np.ndarray, np.ndarray, float]:
         """Exact top-``k`` by inner product among unmasked rows.
 
-        queries: [B, dim] float32. Returns ``(scores [B, k] float32, slots [B, k]
-        int64, scored_fraction)`` best first, padded with ``-inf`` / ``-1`` where
-        fewer than ``k`` unmasked items exist; ``scored_fraction`` is the share of
-        (query, item) products actually computed.
+        queries: [B, dim] float32. exclude: optional ``(query_index [E], slot [E])``
+        pairs never returned for that query; they are dropped inside the search,
+        so no over-fetch is needed and pruning keeps its full threshold.
+        Returns ``(scores [B, k] float32, slots [B, k] int64, scored_fraction)``
+        best first, padded with ``-inf`` / ``-1`` where fewer than ``k`` unmasked,
+        non-excluded items exist; ``scored_fraction`` is the share of (query,
+        item) products actually computed.
         """
         B = queries.shape[0]
         m = len(self)
@@ -242,17 +247,36 @@ class NormBlockLayout:
         chunk = max(1, _CHUNK_CELLS // max(self.max_block, self.n_tail))
         out_v = np.empty((B, k), np.float32)
         out_s = np.empty((B, k), np.int64)
+        ex_q, ex_r = self._exclusion_rows(exclude)
         scored = 0
         for c0 in range(0, B, chunk):
             q = np.ascontiguousarray(queries[c0:c0 + chunk], dtype=np.float32)
-            v, rows, n_scored = self._search_chunk(q, k)
+            lo, hi = np.searchsorted(ex_q, [c0, c0 + chunk])
+            v, rows, n_scored = self._search_chunk(q, k, ex_q[lo:hi] - c0, ex_r[lo:hi])
             scored += n_scored
             out_v[c0:c0 + chunk] = v
             out_s[c0:c0 + chunk] = self._slots_of_rows(rows)
         return out_v, out_s, scored / float(B * m)
 
-    def _search_chunk(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, int]:
+    def _exclusion_rows(self, exclude: tuple[np.ndarray, np.ndarray] | None) -> tuple[np.ndarray, np.ndarray]:
+        """(query, row) pairs of the excluded slots present here, sorted by query."""
+        if exclude is None or len(exclude[0]) == 0:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        qi, slots = np.asarray(exclude[0], np.int64), np.asarray(exclude[1], np.int64)
+        inside = (slots >= 0) & (slots < len(self.row_of_slot))
+        qi, slots = qi[inside], slots[inside]
+        rows = self.row_of_slot[slots]
+        keep = rows >= 0
+        qi, rows = qi[keep], rows[keep]
+        order = np.argsort(qi, kind="stable")
+        return qi[order], rows[order]
+
+    def _search_chunk(
+        self, q: np.ndarray, k: int, ex_q: np.ndarray | None = None, ex_r: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray, int]:
         """One chunk of queries: pure numpy (OpenBLAS sgemm + numpy selection).
+
+        ``ex_q``/``ex_r``: excluded (query in this chunk, row) pairs.
 
         torch is deliberately not used here: its OpenMP pool and OpenBLAS's
         threads spin against each other when called alternately, which costs
@@ -276,12 +300,35 @@ class NormBlockLayout:
         rows = np.full((b, k), -1, dtype=np.int64)
         kth = np.full(b, -np.inf, dtype=np.float32)  # current k-th best per query
         scored = 0
+        if ex_q is not None and len(ex_q):  # sorted by row: one slice per block
+            order = np.argsort(ex_r, kind="stable")
+            ex_q, ex_r = ex_q[order], ex_r[order]
+        else:
+            ex_q = ex_r = None
+        pos = np.empty(b, dtype=np.int64)  # query -> its row among the active queries
+
+        def drop_excluded(scores: np.ndarray, s: int, e: int, act: np.ndarray | None) -> None:
+            if ex_r is None:
+                return
+            lo, hi = np.searchsorted(ex_r, [s, e])
+            if lo == hi:
+                return
+            qs, cols = ex_q[lo:hi], ex_r[lo:hi] - s
+            if act is not None:
+                pos.fill(-1)
+                pos[act] = np.arange(len(act))
+                qs = pos[qs]
+                cols = cols[qs >= 0]
+                qs = qs[qs >= 0]
+            scores[qs, cols] = -np.inf
+
         t = self.n_tail
         if t:  # the tail first, for every query: no bound, but it seeds kth
             scores = _scores(q, self.tail_vecs[:t])
             scored += scores.size
             if self.n_tail_masked:
                 scores[:, np.flatnonzero(self.tail_masked[:t])] = -np.inf
+            drop_excluded(scores, len(self.slots), len(self.slots) + t, None)
             _merge_block(scores, len(self.slots), k, vals, rows, kth)
         for j in range(len(self.starts)):
             s, e = int(self.starts[j]), int(self.ends[j])
@@ -300,6 +347,7 @@ class NormBlockLayout:
             scored += scores.size
             if self.masked_per_block[j]:
                 scores[:, np.flatnonzero(self.masked[s:e])] = -np.inf
+            drop_excluded(scores, s, e, act)
             if act is None:
                 _merge_block(scores, s, k, vals, rows, kth)
             else:

@@ -324,6 +324,11 @@ class ItemIndex:
                 [()] * B if exclude is None
                 else [e if isinstance(e, (set, frozenset, dict)) else set(e) for e in exclude]
             )
+            if self._kind == "flat" and self.device != "cuda":
+                # exact CPU search drops exclusions inside the scan: no over-fetch
+                out = [[] for _ in range(B)]
+                self._search_exact_cpu(q, np.arange(B), k, k, excl, out)
+                return out
             # over-fetch only for excluded ids that could otherwise be returned
             extra = np.fromiter(
                 (sum(1 for x in e if self._is_avail_id(x)) if e else 0 for e in excl), np.int64, B
@@ -376,10 +381,15 @@ class ItemIndex:
         excl: list[Collection[str]], out: SearchResult,
     ) -> None:
         layout = self._get_layout()
-        scores, slots, _ = layout.search(q, fetch)
-        # the layout already hides unavailable and removed items
-        for i, b in enumerate(rows.tolist()):
-            out[b] = self._collect(b, k, scores[i], slots[i], excl[b], check_avail=False)
+        slot_of = self._slot_of
+        pairs = [(i, s) for i, b in enumerate(rows.tolist()) for x in excl[b] if (s := slot_of.get(x)) is not None]
+        exclude = (np.fromiter((i for i, _ in pairs), np.int64, len(pairs)),
+                   np.fromiter((s for _, s in pairs), np.int64, len(pairs))) if pairs else None
+        scores, slots, _ = layout.search(q, fetch, exclude)
+        # the layout hides unavailable, removed and (given above) excluded items
+        ids = self._ids
+        for b, slot_row, score_row in zip(rows.tolist(), slots.tolist(), scores.tolist()):
+            out[b] = [(ids[s], v) for s, v in zip(slot_row, score_row) if s >= 0][:k]
 
     def _search_faiss_cpu(
         self, q: np.ndarray, rows: np.ndarray, k: int, fetch: int,
