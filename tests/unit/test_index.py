@@ -813,3 +813,34 @@ def test_gpu_matches_cpu(kind: str) -> None:
         assert len(a) == len(b) == 20
         np.testing.assert_allclose([s for _, s in a], [s for _, s in b], rtol=1e-3, atol=1e-3)
         assert len({i for i, _ in a} & {i for i, _ in b}) >= 19  # ties at the boundary aside
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    n=st.integers(1, 400), b=st.integers(1, 9), k=st.integers(1, 30), seed=st.integers(0, 10_000),
+    n_excl=st.integers(0, 60), n_tail=st.integers(0, 40),
+)
+def test_layout_exclusions_inside_the_scan_equal_brute_force(
+    n: int, b: int, k: int, seed: int, n_excl: int, n_tail: int
+) -> None:
+    rng = np.random.default_rng(seed)
+    dim = 8
+    V = (rng.normal(size=(n + n_tail, dim)) * rng.lognormal(size=(n + n_tail, 1))).astype(np.float32)
+    Q = rng.normal(size=(b, dim)).astype(np.float32)
+    layout = NormBlockLayout(np.arange(n), V[:n], block_sizes=(16, 32, 64))
+    if n_tail:
+        layout.append(np.arange(n, n + n_tail), V[n:])
+    qi = rng.integers(0, b, n_excl)
+    slots = rng.integers(-2, n + n_tail + 3, n_excl)  # includes unknown slots, ignored
+    scores, got, _ = layout.search(Q, k, (qi, slots))
+    brute = (Q @ V.T).astype(np.float64)
+    for q, s in zip(qi, slots):
+        if 0 <= s < n + n_tail:
+            brute[q, s] = -np.inf
+    for i in range(b):
+        live = np.flatnonzero(np.isfinite(brute[i]))
+        want = live[np.argsort(-brute[i, live], kind="stable")][: min(k, len(live))]
+        have = got[i][got[i] >= 0]
+        assert len(have) == len(want)
+        assert not set(have) & {s for q, s in zip(qi, slots) if q == i}
+        np.testing.assert_allclose(np.sort(brute[i, have])[::-1], brute[i, want], rtol=1e-4, atol=1e-4)
