@@ -154,6 +154,7 @@ class ImplicitModel:
         self._sp = sp
         cfg = ctx.model.config
         self.items = {i: r for r, i in enumerate(ctx.model.item_ids)}
+        self.names = list(ctx.model.item_ids)
         self.weights = cfg.weights
         self.cells: dict[str, dict[int, float]] = {}
         for ev in ctx.train:
@@ -193,15 +194,7 @@ class ImplicitModel:
         ids, _ = self.als.recommend(
             0, row, N=k, recalculate_user=True, filter_already_liked_items=False, filter_items=banned
         )
-        names = self.als_item_ids
-        return [names[i] for i in ids if i >= 0]
-
-    @property
-    def als_item_ids(self) -> list[str]:
-        ids = getattr(self, "_names", None)
-        if ids is None:
-            ids = self._names = list(self.items)
-        return ids
+        return [self.names[i] for i in ids if i >= 0]
 
     def learn(self, event: Event) -> None:
         self._add(event)

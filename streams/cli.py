@@ -1,4 +1,4 @@
-"""``freshrec``: the command line over model_core (and, later, the streams).
+"""``freshrec``: the one command line over model_core and the streams.
 
 Every command prints one clear line and exits non-zero on a problem the user
 can fix; ``--debug`` shows the traceback as well.
@@ -11,11 +11,16 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from model_core.errors import FreshrecError
 from streams.settings import Settings, add_kafka_flags, load_settings
+
+if TYPE_CHECKING:
+    from model_core.config import ALSConfig, FoldInConfig
+    from model_core.events import Event
 
 log = logging.getLogger("freshrec")
 
@@ -148,7 +153,7 @@ def _settings(args: argparse.Namespace) -> Settings:
     return load_settings(overrides)
 
 
-def _als_config(args: argparse.Namespace):  # -> ALSConfig
+def _als_config(args: argparse.Namespace) -> ALSConfig:
     from model_core.config import ALSConfig, EventWeights
 
     fields = {
@@ -161,14 +166,14 @@ def _als_config(args: argparse.Namespace):  # -> ALSConfig
     return ALSConfig(**values)
 
 
-def _foldin_config(args: argparse.Namespace):  # -> FoldInConfig
+def _foldin_config(args: argparse.Namespace) -> FoldInConfig:
     from model_core.config import FoldInConfig
 
     fields = {"history_size": args.history, "half_life_s": args.half_life, "position_decay": args.position_decay}
     return FoldInConfig(**{k: v for k, v in fields.items() if v is not None})
 
 
-def _read_logs(args: argparse.Namespace) -> Iterator:  # -> Iterator[Event]
+def _read_logs(args: argparse.Namespace) -> Iterator[Event]:
     from model_core.logs import ReadReport, parse_columns, parse_type_map, read_events
 
     columns = parse_columns(args.columns) if args.columns else None
@@ -255,7 +260,7 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     return run_worker(settings, settings.model_dir, foldin=_foldin_config(args))
 
 
-def _module_command(name: str):  # noqa: ANN202
+def _module_command(name: str) -> Callable[[argparse.Namespace, Settings], int]:
     def run(args: argparse.Namespace, settings: Settings) -> int:
         import importlib
 

@@ -300,7 +300,7 @@ class NormBlockLayout:
         rows = np.full((b, k), -1, dtype=np.int64)
         kth = np.full(b, -np.inf, dtype=np.float32)  # current k-th best per query
         scored = 0
-        if ex_q is not None and len(ex_q):  # sorted by row: one slice per block
+        if ex_q is not None and ex_r is not None and len(ex_q):  # sorted by row: one slice per block
             order = np.argsort(ex_r, kind="stable")
             ex_q, ex_r = ex_q[order], ex_r[order]
         else:
@@ -308,7 +308,7 @@ class NormBlockLayout:
         pos = np.empty(b, dtype=np.int64)  # query -> its row among the active queries
 
         def drop_excluded(scores: np.ndarray, s: int, e: int, act: np.ndarray | None) -> None:
-            if ex_r is None:
+            if ex_r is None or ex_q is None:
                 return
             lo, hi = np.searchsorted(ex_r, [s, e])
             if lo == hi:

@@ -324,16 +324,15 @@ class ItemIndex:
                 [()] * B if exclude is None
                 else [e if isinstance(e, (set, frozenset, dict)) else set(e) for e in exclude]
             )
+            out: SearchResult = [[] for _ in range(B)]
             if self._kind == "flat" and self.device != "cuda":
                 # exact CPU search drops exclusions inside the scan: no over-fetch
-                out = [[] for _ in range(B)]
                 self._search_exact_cpu(q, np.arange(B), k, k, excl, out)
                 return out
             # over-fetch only for excluded ids that could otherwise be returned
             extra = np.fromiter(
                 (sum(1 for x in e if self._is_avail_id(x)) if e else 0 for e in excl), np.int64, B
             )
-            out: SearchResult = [[] for _ in range(B)]
             # bucket queries by fetch size (next power of two) so one long
             # exclusion list does not make the whole batch fetch more
             fetch = k + extra
