@@ -122,20 +122,21 @@ def _solve_side(
                 dots = offset + dots
             return torch.sparse_csr_tensor(crow, col, dots, conf.shape) @ fixed
 
-    # r = b − A x with b = Fᵀc folded into the same sparse product: Fᵀ(c − (c−1)·Fx) − x G
-    x = solved.clone()
-    r = torch.addmm(sparse_times_fixed(x, -cm1, c), x, gram, alpha=-1.0)
+    # r = b − A x with b = Fᵀc folded into the same sparse product: Fᵀ(c − (c−1)·Fx) − x G.
+    # ``solved`` is updated in place (callers replace it with the result anyway).
+    x = solved
+    r = sparse_times_fixed(x, -cm1, c).addmm_(x, gram, alpha=-1.0)
     p = r.clone()
     rs_old = (r * r).sum(1)
     for _ in range(cg_steps):
-        ap = torch.addmm(sparse_times_fixed(p, cm1, None), p, gram)  # A p
+        ap = sparse_times_fixed(p, cm1, None).addmm_(p, gram)  # A p
         denom = (p * ap).sum(1)
         step = torch.where(denom > 0, rs_old / denom.clamp(min=1e-30), torch.zeros_like(denom)).unsqueeze(1)
         x.addcmul_(step, p)
         r.addcmul_(step, ap, value=-1.0)
         rs_new = (r * r).sum(1)
         beta = torch.where(rs_old > 0, rs_new / rs_old.clamp(min=1e-30), torch.zeros_like(rs_new))
-        p = r + beta.unsqueeze(1) * p
+        p.mul_(beta.unsqueeze(1)).add_(r)
         rs_old = rs_new
     return x
 

@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 Recommendation = list[tuple[str, float]]
 
 _NEW_ITEM_USERS = 50  # users remembered per folded-in new item
+_SMALL_BATCH = 8  # up to this many users, fold-in inputs are built with plain loops
 
 
 class OnlineRecommender:
@@ -146,18 +147,54 @@ class OnlineRecommender:
     # -- serving --------------------------------------------------------------
 
     def _padded(self, histories: Sequence[UserHistory]) -> tuple[np.ndarray, np.ndarray]:
-        per_user = [h.weighted_items(self.foldin_config) for h in histories]
-        width = max([1] + [len(items) for items, _ in per_user])
+        """Item rows [B, H] (-1 = padding, known items packed left) and decayed weights [B, H].
+
+        The same weights as ``UserHistory.weighted_items`` (newest first; decayed to
+        the user's newest event and by recency rank), computed for the whole batch
+        at once.
+        """
+        cfg = self.foldin_config
+        b = len(histories)
+        if b <= _SMALL_BATCH:
+            return self._padded_small(histories)
+        lens = np.fromiter((len(h.entries) for h in histories), np.int64, b)
+        total = int(lens.sum())
+        if total == 0:
+            return np.full((b, 1), -1, dtype=np.int64), np.zeros((b, 1), dtype=np.float32)
+        get = self._rows.get
+        item_rows = np.fromiter((get(i, -1) for h in histories for i in reversed(h.entries)), np.int64, total)
+        wt = np.fromiter((x for h in histories for e in reversed(h.entries.values()) for x in e),
+                         np.float64, 2 * total).reshape(total, 2)
+        user = np.repeat(np.arange(b), lens)
+        first = np.cumsum(lens) - lens
+        rank = np.arange(total) - first[user]
+        weight = wt[:, 0] * cfg.position_decay ** rank
+        if cfg.half_life_s > 0:
+            now = np.fromiter((h.last_event_time or 0.0 for h in histories), np.float64, b)[user]
+            weight *= 0.5 ** (np.maximum(now - wt[:, 1], 0.0) / cfg.half_life_s)
+        known = item_rows >= 0
+        seen = np.cumsum(known)  # known items up to each entry, over the whole batch
+        before = np.concatenate(([0], seen))[first]  # known items of earlier users
+        pos = seen - 1 - np.repeat(before, lens)
+        width = max(1, int(np.bincount(user[known], minlength=b).max()) if known.any() else 1)
+        rows = np.full((b, width), -1, dtype=np.int64)
+        weights = np.zeros((b, width), dtype=np.float32)
+        rows[user[known], pos[known]] = item_rows[known]
+        weights[user[known], pos[known]] = weight[known]
+        return rows, weights
+
+    def _padded_small(self, histories: Sequence[UserHistory]) -> tuple[np.ndarray, np.ndarray]:
+        """``_padded`` for a few users: plain loops beat numpy's per-call overhead."""
+        per_user = []
+        for h in histories:
+            items, ws = h.weighted_items(self.foldin_config)
+            per_user.append([(r, w) for i, w in zip(items, ws) if (r := self._rows.get(i)) is not None])
+        width = max([1] + [len(p) for p in per_user])
         rows = np.full((len(histories), width), -1, dtype=np.int64)
         weights = np.zeros((len(histories), width), dtype=np.float32)
-        for b, (items, ws) in enumerate(per_user):
-            j = 0
-            for item, w in zip(items, ws):
-                r = self._rows.get(item)
-                if r is not None:
-                    rows[b, j] = r
-                    weights[b, j] = w
-                    j += 1
+        for b, pairs in enumerate(per_user):
+            if pairs:
+                rows[b, : len(pairs)], weights[b, : len(pairs)] = zip(*pairs)
         return rows, weights
 
     def embed(self, histories: Sequence[UserHistory]) -> np.ndarray:
@@ -181,7 +218,7 @@ class OnlineRecommender:
         if exclude is None:
             exclude = [h.exclude() for h in histories]
         vecs = self.embed(histories)
-        warm = [b for b in range(len(histories)) if np.any(vecs[b])]
+        warm = np.flatnonzero(np.any(vecs != 0, axis=1)).tolist()
         out: list[Recommendation] = [[] for _ in histories]
         if warm:
             found = self.index.search(vecs[warm], k, [exclude[b] for b in warm])

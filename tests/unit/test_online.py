@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from model_core.als import ALSModel
 from model_core.config import ALSConfig, FoldInConfig
@@ -93,3 +95,32 @@ def test_embeddings_batch_equals_single(model: ALSModel) -> None:
     for b, h in enumerate(hs):
         np.testing.assert_allclose(batch[b], rec.embed([h])[0], rtol=1e-5, atol=1e-7)
     assert not batch[2].any()
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.lists(st.tuples(st.sampled_from(["a0", "a3", "b1", "b4", "zz", "new"]),
+                                   st.floats(0, 1e5), st.sampled_from(list(EventType))), max_size=12),
+                min_size=1, max_size=6),
+       st.sampled_from([0.0, 60.0, 3600.0]), st.sampled_from([1.0, 0.5]))
+def test_batched_weights_equal_the_history_reference(model: ALSModel, users: list, half_life: float,
+                                                     decay: float) -> None:
+    """OnlineRecommender builds a batch's fold-in weights vectorised; they must equal
+    UserHistory.weighted_items restricted to items with a vector, in the same order."""
+    cfg = FoldInConfig(history_size=5, half_life_s=half_life, position_decay=decay)
+    rec = OnlineRecommender(model, cfg, device="cpu")
+    hs = []
+    for u, rows in enumerate(users):
+        h = UserHistory(f"u{u}")
+        for item, t, kind in rows:
+            h.add(Event(h.user_id, item, kind, t), model.config.weights, cfg)
+        hs.append(h)
+    idx, w = rec._padded(hs * 9)  # more than _SMALL_BATCH users: the vectorised path
+    small_idx, small_w = rec._padded_small(hs)
+    for b, h in enumerate(hs):
+        np.testing.assert_array_equal(small_idx[b][small_idx[b] >= 0], idx[b][idx[b] >= 0])
+        np.testing.assert_allclose(small_w[b][small_idx[b] >= 0], w[b][idx[b] >= 0], rtol=1e-5, atol=1e-30)
+        items, ref = h.weighted_items(cfg)
+        keep = [(model.item_ids.index(i), x) for i, x in zip(items, ref) if i in model.item_ids]
+        got = [(int(r), float(x)) for r, x in zip(idx[b], w[b]) if r >= 0]
+        assert [r for r, _ in got] == [r for r, _ in keep]
+        np.testing.assert_allclose([x for _, x in got], [x for _, x in keep], rtol=1e-5, atol=1e-30)
