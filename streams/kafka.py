@@ -20,7 +20,9 @@ def client_config(settings: Settings, role: str, **extra: Any) -> dict[str, Any]
     broker answers a fetch only when its wait expires, and its group join waits
     for the whole session timeout.
     """
-    conf: dict[str, Any] = {"bootstrap.servers": settings.brokers, "client.id": f"freshrec-{role}"}
+    # librdkafka's own log lines go through Python logging, in the same format as ours
+    conf: dict[str, Any] = {"bootstrap.servers": settings.brokers, "client.id": f"freshrec-{role}",
+                            "logger": logging.getLogger("freshrec.kafka.client")}
     if role == "producer":
         # murmur2 is the Java client's and aiokafka's (Faust's) partitioner: a user's events
         # land in the same partition whichever client produced them.
@@ -51,7 +53,8 @@ def check_brokers(settings: Settings, timeout: float = 10.0) -> list[str]:
     from confluent_kafka import KafkaException
     from confluent_kafka.admin import AdminClient
 
-    admin = AdminClient(client_config(settings, "admin"))
+    # log_level 0: connection failures are reported once, below, not as librdkafka noise
+    admin = AdminClient(client_config(settings, "admin", log_level=0))
     try:
         md = admin.list_topics(timeout=timeout)
     except KafkaException as exc:
