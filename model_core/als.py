@@ -12,7 +12,6 @@ operation is vectorised over the non-zeros, so the same code runs on CPU and CUD
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -30,6 +29,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from model_core._io import sha256_file
 from model_core.config import ALSConfig
 from model_core.device import resolve_device
 from model_core.errors import BadInputError, ModelIncompatibleError
@@ -230,7 +230,7 @@ class ALSModel:
                 "factors": self.config.factors,
                 "n_items": len(self.item_ids),
                 "n_users": len(self.user_ids),
-                "sha256": {name: _sha256(tmp / name) for name in files},
+                "sha256": {name: sha256_file(tmp / name) for name in files},
             }
             (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
             os.replace(tmp, final)
@@ -251,7 +251,7 @@ class ALSModel:
                 )
             if verify:
                 for name, digest in manifest["sha256"].items():
-                    if _sha256(d / name) != digest:
+                    if sha256_file(d / name) != digest:
                         raise ModelIncompatibleError(f"{d}: checksum mismatch in {name} (corrupt copy?)")
             config = ALSConfig.from_dict(json.loads((d / "config.json").read_text()))
             model = cls(
@@ -270,14 +270,6 @@ class ALSModel:
         if model.item_factors.shape != (len(model.item_ids), config.factors):
             raise ModelIncompatibleError(f"{d}: item factors {model.item_factors.shape} do not match ids/config")
         return model
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def latest_model_dir(path: str | os.PathLike[str]) -> Path:

@@ -16,6 +16,7 @@ from typing import Any
 import faiss
 import numpy as np
 
+from model_core._io import sha256_file
 from model_core.errors import BadInputError, ConfigError, ModelIncompatibleError
 from model_core.index._base import IndexConfig, new_faiss_index, plan_kind, resolve_device
 from model_core.index._cpu import NormBlockLayout
@@ -518,7 +519,7 @@ class ItemIndex:
                     np.save(f, arr, allow_pickle=False)
                     f.flush()
                     os.fsync(f.fileno())
-                sums[name] = _sha256(tmp / name)
+                sums[name] = sha256_file(tmp / name)
             _write(tmp / "ids.json", ids_json, sums)
             meta["sha256"] = sums
             _write(tmp / "meta.json", json.dumps(meta).encode(), None)
@@ -557,7 +558,7 @@ class ItemIndex:
             for name in ("index.faiss", "vectors.npy", "state.npy", "available.npy", "ids.json"):
                 if not (root / name).is_file():
                     raise bad(f"{name} missing")
-                if _sha256(root / name) != sums[name]:
+                if sha256_file(root / name) != sums[name]:
                     raise bad(f"{name} corrupt (checksum mismatch)")
             config = IndexConfig.from_dict(meta["config"])
             dim = int(meta["dim"])
@@ -721,14 +722,6 @@ def _check_ids(ids: Sequence[str]) -> list[str]:
     if len(set(out)) != len(out):
         raise BadInputError("duplicate item ids in one call")
     return out
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _write(path: Path, data: bytes, sums: dict[str, str] | None) -> None:
