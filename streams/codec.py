@@ -13,8 +13,7 @@ A recommendation message (key = user_id, value = JSON)::
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import asdict, dataclass
 
 from model_core.errors import BadInputError
 from model_core.events import Event, event_from_json, event_to_json
@@ -49,7 +48,6 @@ class Recommendation:
     last_event_time: float | None
     published_at: float
     schema: int = SCHEMA
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def item_ids(self) -> list[str]:
@@ -58,7 +56,6 @@ class Recommendation:
 
 def encode_recommendation(rec: Recommendation) -> bytes:
     d = asdict(rec)
-    d.pop("extra")
     d["items"] = [{"item_id": i, "score": round(float(s), 6)} for i, s in rec.items]
     return json.dumps(d, separators=(",", ":")).encode()
 

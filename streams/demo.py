@@ -12,7 +12,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -26,7 +25,7 @@ from model_core.als import train_als
 from model_core.config import ALSConfig
 from model_core.events import event_to_json
 from model_core.synth import SynthConfig, generate_events
-from streams.broker import EmbeddedBroker
+from streams.broker import EmbeddedBroker, free_port
 from streams.errors import BrokerUnavailableError, ConfigError
 from streams.kafka import client_config
 from streams.replay import ReplayStats, replay
@@ -75,12 +74,6 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     return 0 if summary["events_applied"] == summary["events_produced"] else 1
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _scrape(port: int) -> dict[str, float]:
     """The worker's Prometheus metrics as name -> value."""
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
@@ -104,7 +97,7 @@ def run_demo(base: Settings, workdir: Path, synth: SynthConfig, *, train_fractio
              rate: float = 1000.0, live: bool = True) -> dict[str, Any]:
     """Run the demo in ``workdir``; returns the summary dict."""
     with EmbeddedBroker(log_path=workdir / "broker.log").start() as broker:
-        settings = broker.settings(base).with_(partitions=2, web_port=_free_port(), model_poll_s=2.0,
+        settings = broker.settings(base).with_(partitions=2, web_port=free_port(), model_poll_s=2.0,
                                                data_dir=str(workdir / "worker-data"))
         _say(live, f"[1/5] embedded broker on {broker.bootstrap} (log: {workdir / 'broker.log'})")
 

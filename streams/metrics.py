@@ -88,12 +88,11 @@ class Metrics:
         for name, help_text in _COUNTERS.items():
             lines += [f"# HELP freshrec_{name}_total {help_text}", f"# TYPE freshrec_{name}_total counter",
                       f"freshrec_{name}_total {s[name]}"]
-        for q, key in (("0.5", "latency_p50_ms"), ("0.99", "latency_p99_ms")):
-            if s[key] is not None:
-                lines.append(f'freshrec_latency_ms{{quantile="{q}"}} {s[key]}')
-        lines.insert(len(lines) - (2 if s["latency_p50_ms"] is not None else 0),
-                     "# HELP freshrec_latency_ms Event arrival to list published (sliding window)\n"
-                     "# TYPE freshrec_latency_ms summary")
+        lines += ["# HELP freshrec_latency_ms Event arrival to list published (sliding window)",
+                  "# TYPE freshrec_latency_ms summary"]
+        if s["latency_p50_ms"] is not None:
+            lines += [f'freshrec_latency_ms{{quantile="0.5"}} {s["latency_p50_ms"]}',
+                      f'freshrec_latency_ms{{quantile="0.99"}} {s["latency_p99_ms"]}']
         if s["lag"] is not None:
             lines += ["# HELP freshrec_lag Events not yet consumed on this worker's partitions",
                       "# TYPE freshrec_lag gauge", f"freshrec_lag {s['lag']}"]
