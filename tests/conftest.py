@@ -6,11 +6,7 @@ An unstartable broker fails the tests (BrokerUnavailableError); it never skips t
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,6 +15,7 @@ import pytest
 
 from streams.broker import EmbeddedBroker
 from streams.settings import Settings, load_settings
+from workers import WorkerProcess
 
 
 @pytest.fixture(scope="session")
@@ -37,39 +34,6 @@ def settings(broker: EmbeddedBroker) -> Settings:
         brokers=broker.bootstrap, profile="embedded", topic_prefix=f"t{uuid.uuid4().hex[:8]}",
         partitions=2, web_port=0,
     )
-
-
-class WorkerProcess:
-    """One `freshrec worker` process with its log file."""
-
-    def __init__(self, settings: Settings, models: Path, log: Path) -> None:
-        env = dict(os.environ, FRESHREC_DEVICE="cpu", **{
-            f"FRESHREC_{name.upper()}": str(getattr(settings, name)) for name in (
-                "brokers", "profile", "topic_prefix", "partitions", "web_port", "group", "k", "model_poll_s",
-                "metrics_interval_s", "data_dir", "batch_within_s")})
-        self.log = log
-        with open(log, "ab") as out:
-            self.proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "worker", "--model", str(models)],
-                                         env=env, stdout=out, stderr=subprocess.STDOUT)
-
-    def log_text(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def wait_for_log(self, text: str, timeout: float = 60.0, count: int = 1) -> None:
-        deadline = time.time() + timeout
-        while self.log_text().count(text) < count:
-            assert self.proc.poll() is None, f"worker exited ({self.proc.returncode}):\n{self.log_text()[-3000:]}"
-            assert time.time() < deadline, f"no {text!r} in {timeout:.0f}s:\n{self.log_text()[-3000:]}"
-            time.sleep(0.2)
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            raise
 
 
 @pytest.fixture

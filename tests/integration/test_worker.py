@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -25,6 +23,7 @@ from streams.codec import Recommendation
 from streams.kafka import client_config
 from streams.settings import Settings, load_settings
 from streams.tail import RecommendationClient
+from workers import WorkerProcess
 
 SYNTH = SynthConfig(users=400, items=150, events=30_000, clusters=5, new_item_fraction=0.0, seed=11)
 T0 = SYNTH.start_time + SYNTH.days * 86400 + 3600  # after the training log
@@ -33,13 +32,16 @@ T0 = SYNTH.start_time + SYNTH.days * 86400 + 3600  # after the training log
 @dataclass
 class Worker:
     settings: Settings
-    proc: subprocess.Popen[bytes]
-    log: Path
+    process: WorkerProcess
     models: Path
     first_version: str
 
+    @property
+    def proc(self) -> subprocess.Popen[bytes]:
+        return self.process.proc
+
     def log_text(self) -> str:
-        return self.log.read_text(errors="replace")
+        return self.process.log_text()
 
 
 def _train(models: Path, seed: int) -> str:
@@ -58,29 +60,13 @@ def worker(broker: EmbeddedBroker, tmp_path_factory: pytest.TempPathFactory) -> 
         web_port=0, group=f"g{uuid.uuid4().hex[:8]}", k=10, model_poll_s=1.0, metrics_interval_s=1.0,
         data_dir=str(tmp / "data"), batch_within_s=0.05,
     )
-    env = dict(os.environ, FRESHREC_BROKERS=settings.brokers, FRESHREC_PROFILE="embedded",
-               FRESHREC_TOPIC_PREFIX=settings.topic_prefix, FRESHREC_PARTITIONS="2", FRESHREC_WEB_PORT="0",
-               FRESHREC_GROUP=settings.group, FRESHREC_K="10", FRESHREC_MODEL_POLL_S="1",
-               FRESHREC_METRICS_INTERVAL_S="1", FRESHREC_DATA_DIR=settings.data_dir, FRESHREC_DEVICE="cpu")
-    log = tmp / "worker.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "worker", "--model", str(models)],
-                                env=env, stdout=out, stderr=subprocess.STDOUT)
-    w = Worker(settings, proc, log, models, version)
+    process = WorkerProcess(settings, models, tmp / "worker.log")
+    w = Worker(settings, process, models, version)
     try:
-        deadline = time.time() + 60
-        while "worker ready" not in w.log_text():
-            assert proc.poll() is None, f"worker exited early:\n{w.log_text()[-3000:]}"
-            assert time.time() < deadline, f"worker not ready in 60 s:\n{w.log_text()[-3000:]}"
-            time.sleep(0.2)
+        process.wait_for_log("worker ready")
         yield w
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            code = proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            raise
+        code = process.stop(signal.SIGTERM)
     assert code == 0, f"worker did not shut down cleanly ({code}):\n{w.log_text()[-3000:]}"
     assert "shutting down: events in=" in w.log_text()
 
