@@ -55,7 +55,9 @@ def speed() -> None:
           f"Training ({t['cells']:,} cells, {t['iterations']} sweeps): freshrec {t['freshrec_seconds']} s, "
           f"implicit {t['implicit_seconds']} s. Approximate indexes at B=1024: "
           + ", ".join(f"{k} {v['search_per_s_b1024']:,.0f}/s (recall@20 {v['recall_at_20']})"
-                      for k, v in r["ann"].items()) + ".")
+                      for k, v in r["ann"].items()) + "."
+          + (f" The exact scan computed {r['ann']['flat']['scored_fraction']:.0%} of the (user, item) products."
+             if "scored_fraction" in r["ann"]["flat"] else ""))
 
 
 if __name__ == "__main__":

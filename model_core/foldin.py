@@ -29,7 +29,7 @@ def _single_threaded(device: str) -> Iterator[None]:
 
     A fold-in is a few small kernels; torch's OpenMP pool would spin for
     ~200 ms after each one and fight the BLAS threads of the FAISS/numpy search
-    that follows it (measured here: 0.2 ms of work became 13 ms).
+    that follows it, many times over on small machines.
     """
     if device != "cpu":
         yield
