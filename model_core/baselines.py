@@ -17,7 +17,7 @@ from model_core.events import Event
 
 __all__ = ["Trending", "Popular", "CoVisitation"]
 
-_RESCALE_AT = 2.0**60
+_RESCALE_AT = 60.0  # half-lives ahead of the anchor before rescaling (2**60)
 
 
 class _ItemScores:
@@ -73,11 +73,12 @@ class Trending:
         for ev in events:
             if self._anchor is None:
                 self._anchor = ev.time
-            scale = math.pow(2.0, (ev.time - self._anchor) / self.half_life_s)
-            if scale > _RESCALE_AT:  # move the anchor forward, rescale everything
-                self._s.scores /= scale
+            exponent = (ev.time - self._anchor) / self.half_life_s
+            if exponent > _RESCALE_AT:  # move the anchor forward, rescale everything
+                self._s.scores *= math.pow(2.0, -min(exponent, 2000.0))  # far ahead: old scores vanish
                 self._anchor = ev.time
-                scale = 1.0
+                exponent = 0.0
+            scale = math.pow(2.0, max(exponent, -2000.0))  # far in the past: ~0, never an error
             row = self._s.row(ev.item_id)  # may grow the array: index after
             self._s.scores[row] += self.weights.of(ev) * scale
 

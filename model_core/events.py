@@ -24,6 +24,13 @@ from model_core.errors import BadInputError
 __all__ = ["Event", "EventType", "parse_event_type", "parse_time", "event_from_dict", "event_from_json", "event_to_json"]
 
 
+# Largest magnitudes an event may carry: far beyond any real shop, small enough
+# that every sum, product and float32 cast in the online math stays finite.
+MAX_QUANTITY = 1_000_000
+MAX_PRICE = 1e12
+MAX_WEIGHT = 1e6
+
+
 class EventType(str, enum.Enum):
     """What the user did with the item."""
 
@@ -69,8 +76,12 @@ class Event:
             raise BadInputError(f"event type {self.type!r} is not an EventType")
         if not math.isfinite(self.time):
             raise BadInputError(f"event time {self.time!r} is not a finite number")
-        if self.weight is not None and not (math.isfinite(self.weight) and self.weight >= 0):
-            raise BadInputError(f"event weight {self.weight!r} must be a finite number >= 0")
+        if self.weight is not None and not (math.isfinite(self.weight) and 0 <= self.weight <= MAX_WEIGHT):
+            raise BadInputError(f"event weight {self.weight!r} must be a number in [0, {MAX_WEIGHT:g}]")
+        if self.quantity is not None and not 0 <= self.quantity <= MAX_QUANTITY:
+            raise BadInputError(f"event quantity {self.quantity!r} must be in [0, {MAX_QUANTITY}]")
+        if self.price is not None and not (math.isfinite(self.price) and 0 <= self.price <= MAX_PRICE):
+            raise BadInputError(f"event price {self.price!r} must be a number in [0, {MAX_PRICE:g}]")
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON-ready dict; optional fields that are None are left out."""
@@ -125,6 +136,8 @@ def parse_time(value: object) -> float:
 
 
 def _text(value: object, key: str) -> str:
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise BadInputError(f"event {key} must be a string or an integer, not {type(value).__name__}")
     text = str(value)
     try:
         text.encode("utf-8")
@@ -138,6 +151,26 @@ def _opt_str(d: dict[str, Any], key: str) -> str | None:
     return None if v is None else _text(v, key)
 
 
+def _number(d: dict[str, Any], key: str, low: float, high: float) -> Any:
+    """An optional finite number in [low, high] (``quantity`` must be whole); None if absent."""
+    v = d.get(key)
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, (int, float, str)):
+        raise BadInputError(f"event {key} {str(v)[:40]!r} is not a number")
+    try:
+        x = float(v)
+    except (ValueError, OverflowError):
+        raise BadInputError(f"event {key} {str(v)[:40]!r} is not a number") from None
+    if not (math.isfinite(x) and low <= x <= high):
+        raise BadInputError(f"event {key} {str(v)[:40]} is outside [{low:g}, {high:g}]")
+    if key == "quantity":
+        if x != int(x):
+            raise BadInputError(f"event quantity {x:g} is not a whole number")
+        return int(x)
+    return x
+
+
 def event_from_dict(d: dict[str, Any]) -> Event:
     """Validate a decoded JSON object into an Event; raises BadInputError with the reason."""
     if not isinstance(d, dict):
@@ -145,12 +178,9 @@ def event_from_dict(d: dict[str, Any]) -> Event:
     missing = [k for k in ("user_id", "item_id", "type", "time") if d.get(k) in (None, "")]
     if missing:
         raise BadInputError(f"event is missing {', '.join(missing)}")
-    try:
-        quantity = None if d.get("quantity") is None else int(d["quantity"])
-        price = None if d.get("price") is None else float(d["price"])
-        weight = None if d.get("weight") is None else float(d["weight"])
-    except (TypeError, ValueError) as exc:
-        raise BadInputError(f"event has a non-numeric quantity/price/weight: {exc}") from None
+    quantity = _number(d, "quantity", 0, MAX_QUANTITY)
+    price = _number(d, "price", 0, MAX_PRICE)
+    weight = _number(d, "weight", 0, MAX_WEIGHT)
     return Event(
         user_id=_text(d["user_id"], "user_id"),
         item_id=_text(d["item_id"], "item_id"),
@@ -170,6 +200,8 @@ def event_from_json(data: str | bytes) -> Event:
         obj = json.loads(data)
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadInputError(f"not valid JSON: {exc}") from None
+    except RecursionError:
+        raise BadInputError("not valid JSON: nested too deeply") from None
     return event_from_dict(obj)
 
 

@@ -161,7 +161,7 @@ class FoldIn:
         returns  [B, k] float32 embeddings (zeros for an all-padding row).
         """
         rows = np.asarray(rows)
-        weights = np.asarray(weights, dtype=np.float32)
+        weights = _safe_weights(weights)
         out = np.zeros((rows.shape[0], self.factors), dtype=np.float32)
         with _single_threaded(self.device):
             gram_reg = self._gram + self._reg
@@ -184,6 +184,7 @@ class FoldIn:
                 w = torch.as_tensor(w_sel, dtype=torch.float32, device=self.device)
                 conf = confidence(w, self.config) * mask + (1.0 - mask)  # padding: c = 1, f = 0
                 out[sel] = solve_batched(gram_reg, f, conf, self._gram_inv).cpu().numpy()
+        out[~np.isfinite(out).all(axis=1)] = 0.0  # never hand on a broken vector: the caller falls back
         return out
 
     def items(self, user_vectors: np.ndarray, weights: np.ndarray, user_gram: np.ndarray) -> np.ndarray:
@@ -196,9 +197,20 @@ class FoldIn:
         """
         with _single_threaded(self.device):
             f = torch.as_tensor(np.asarray(user_vectors, dtype=np.float32), device=self.device)
-            w = torch.as_tensor(np.asarray(weights, dtype=np.float32), device=self.device)
+            w = torch.as_tensor(_safe_weights(weights), device=self.device)
             gram_reg = torch.as_tensor(np.asarray(user_gram, dtype=np.float32), device=self.device) + self._reg
-            return solve_batched(gram_reg, f, confidence(w, self.config), _inverse(gram_reg)).cpu().numpy()
+            out = solve_batched(gram_reg, f, confidence(w, self.config), _inverse(gram_reg)).cpu().numpy()
+            out[~np.isfinite(out).all(axis=1)] = 0.0
+            return out
+
+
+MAX_FOLD_WEIGHT = 1e6  # summed, decayed event weight of one (user, item) cell, at most
+
+
+def _safe_weights(weights: np.ndarray) -> np.ndarray:
+    """float32 weights in [0, MAX_FOLD_WEIGHT] (NaN -> 0): confidences stay finite in float32."""
+    w = np.asarray(weights, dtype=np.float64)
+    return np.clip(np.nan_to_num(w, nan=0.0, posinf=MAX_FOLD_WEIGHT), 0.0, MAX_FOLD_WEIGHT).astype(np.float32)
 
 
 def _pack_left(rows: np.ndarray, values: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:

@@ -1,12 +1,21 @@
 """A user's bounded, event-time-decayed history: the only per-user state the model needs.
 
-It is a plain value (``to_dict`` / ``from_dict``) so a stream processor can keep
-it in a changelog-backed table; the model folds a batch of histories into
-embeddings (see ``model_core.foldin``).
+It is a plain value so a stream processor can keep it in a changelog
+(``encode`` / ``decode``: compact JSON bytes; ``to_dict`` / ``from_dict``); the
+model folds a batch of histories into embeddings (see ``model_core.foldin``).
+
+Exactly-once effect: ``add`` takes the event's position in its stream
+(partition, offset) and skips any event at or before the last applied one of
+the same partition, so an at-least-once stream re-delivering after a crash
+changes nothing, with or without event ids. Event ids catch the other kind of
+duplicate, a producer sending one event twice: the last ``DEDUPE_WINDOW`` ids
+(as 48-bit hashes) are remembered.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from collections import deque
 from dataclasses import dataclass, field
@@ -15,15 +24,20 @@ from typing import Any
 from model_core.config import EventWeights, FoldInConfig
 from model_core.events import Event, EventType
 
-__all__ = ["UserHistory"]
+__all__ = ["UserHistory", "DEDUPE_WINDOW"]
 
-_DEDUPE_WINDOW = 512  # event ids remembered per user for at-least-once replays
+DEDUPE_WINDOW = 32  # event ids remembered per user against producer-side duplicates
 
 
 def _decay(age_s: float, half_life_s: float) -> float:
-    if half_life_s <= 0 or age_s <= 0:
+    """0.5 ** (age / half-life) for age > 0, else 1 (never overflows; underflows to 0)."""
+    if half_life_s <= 0 or not age_s > 0:
         return 1.0
-    return math.pow(0.5, age_s / half_life_s)
+    return math.pow(0.5, min(age_s / half_life_s, 2000.0))
+
+
+def _id_hash(event_id: str) -> str:
+    return hashlib.blake2b(event_id.encode("utf-8", "surrogatepass"), digest_size=6).hexdigest()
 
 
 @dataclass
@@ -32,23 +46,39 @@ class UserHistory:
 
     ``entries`` maps item id -> ``[weight, time]``: ``weight`` is the item's summed
     event weight decayed to ``time`` (the newest event time on that item).
-    Insertion order is recency order (oldest first).
+    Insertion order is recency order (oldest first). ``position`` is the
+    (partition, offset) of the last applied message, when the caller gives one.
     """
 
     user_id: str
     entries: dict[str, list[float]] = field(default_factory=dict)
     purchased: list[str] = field(default_factory=list)
-    recent_event_ids: deque[str] = field(default_factory=lambda: deque(maxlen=_DEDUPE_WINDOW))
+    recent_ids: deque[str] = field(default_factory=lambda: deque(maxlen=DEDUPE_WINDOW))
     events_applied: int = 0
     last_event_id: str | None = None
     last_event_time: float | None = None
+    position: tuple[int, int] | None = None
 
-    def add(self, event: Event, weights: EventWeights, config: FoldInConfig) -> bool:
-        """Apply one event; returns False (and changes nothing) for a replayed event id."""
-        if event.event_id is not None:
-            if event.event_id in self.recent_event_ids:
+    def seen(self, position: tuple[int, int]) -> bool:
+        """True when the message at ``position`` (partition, offset) was already applied."""
+        return self.position is not None and self.position[0] == position[0] and position[1] <= self.position[1]
+
+    def add(self, event: Event, weights: EventWeights, config: FoldInConfig,
+            position: tuple[int, int] | None = None) -> bool:
+        """Apply one event; returns False (and changes nothing) for an event already applied.
+
+        Already applied: its ``position`` is at or before the last applied one
+        in the same partition, or its event id is among the last ``DEDUPE_WINDOW``.
+        """
+        if position is not None:
+            if self.seen(position):
                 return False
-            self.recent_event_ids.append(event.event_id)
+            self.position = position
+        if event.event_id is not None:
+            h = _id_hash(event.event_id)
+            if h in self.recent_ids:
+                return False
+            self.recent_ids.append(h)
         w = weights.of(event)
         hl = config.half_life_s
         entry = self.entries.pop(event.item_id, None)
@@ -88,24 +118,38 @@ class UserHistory:
         return set(self.entries).union(self.purchased)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "user_id": self.user_id,
-            "entries": [[k, v[0], v[1]] for k, v in self.entries.items()],
-            "purchased": list(self.purchased),
-            "recent_event_ids": list(self.recent_event_ids),
-            "events_applied": self.events_applied,
-            "last_event_id": self.last_event_id,
-            "last_event_time": self.last_event_time,
-        }
+        """A compact JSON-ready dict (short keys: it is stored once per user in the changelog)."""
+        d: dict[str, Any] = {"e": [[k, v[0], v[1]] for k, v in self.entries.items()], "n": self.events_applied}
+        if self.purchased:
+            d["b"] = list(self.purchased)
+        if self.recent_ids:
+            d["d"] = list(self.recent_ids)
+        if self.last_event_id is not None:
+            d["i"] = self.last_event_id
+        if self.last_event_time is not None:
+            d["t"] = self.last_event_time
+        if self.position is not None:
+            d["o"] = list(self.position)
+        return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "UserHistory":
+    def from_dict(cls, d: dict[str, Any], user_id: str) -> "UserHistory":
+        pos = d.get("o")
         return cls(
-            user_id=d["user_id"],
-            entries={k: [float(w), float(t)] for k, w, t in d.get("entries", [])},
-            purchased=list(d.get("purchased", [])),
-            recent_event_ids=deque(d.get("recent_event_ids", []), maxlen=_DEDUPE_WINDOW),
-            events_applied=int(d.get("events_applied", 0)),
-            last_event_id=d.get("last_event_id"),
-            last_event_time=d.get("last_event_time"),
+            user_id=user_id,
+            entries={str(k): [float(w), float(t)] for k, w, t in d.get("e", [])},
+            purchased=[str(i) for i in d.get("b", [])],
+            recent_ids=deque((str(i) for i in d.get("d", [])), maxlen=DEDUPE_WINDOW),
+            events_applied=int(d.get("n", 0)),
+            last_event_id=d.get("i"),
+            last_event_time=None if d.get("t") is None else float(d["t"]),
+            position=None if pos is None else (int(pos[0]), int(pos[1])),
         )
+
+    def encode(self) -> bytes:
+        """The changelog value: compact JSON (UTF-8)."""
+        return json.dumps(self.to_dict(), separators=(",", ":"), ensure_ascii=False).encode()
+
+    @classmethod
+    def decode(cls, user_id: str, data: bytes) -> "UserHistory":
+        return cls.from_dict(json.loads(data), user_id)

@@ -133,13 +133,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--index", choices=["flat", "ivf", "hnsw", "ivf-sq8", "ivf-pq"], default=None,
                    help="item index: flat = exact (default); the others are approximate and faster")
     p.add_argument("--web-port", dest="web_port", type=int, default=None,
-                   help="port of /metrics (default 6066; 0 = off)")
+                   help="port of /metrics, /health and /ready (default 6066; 0 = off)")
+    p.add_argument("--on-error", dest="on_error", choices=["dlq", "stop"], default=None,
+                   help="a batch that still fails after its retries: dlq = dead-letter its events and go on "
+                   "(default); stop = exit non-zero so the orchestrator restarts the worker")
     _add_foldin_args(p)
     _add_common(p)
 
-    from streams import broker, demo, replay, tail
+    from streams import broker, demo, erase, replay, tail
 
-    for module in (broker, replay, tail, demo):
+    for module in (broker, replay, tail, erase, demo):
         module.add_parser(sub)
     return parser
 
@@ -269,7 +272,7 @@ def _module_command(name: str) -> Callable[[argparse.Namespace, Settings], int]:
 
 COMMANDS = {"generate": cmd_generate, "train": cmd_train, "evaluate": cmd_evaluate, "worker": cmd_worker,
             "broker": _module_command("broker"), "replay": _module_command("replay"),
-            "tail": _module_command("tail"), "demo": _module_command("demo")}
+            "tail": _module_command("tail"), "erase": _module_command("erase"), "demo": _module_command("demo")}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -13,22 +13,114 @@ A recommendation message (key = user_id, value = JSON)::
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import asdict, dataclass
 
 from model_core.errors import BadInputError
-from model_core.events import Event, event_from_json, event_to_json
+from model_core.events import Event, event_from_dict, event_from_json, event_to_json
 
-__all__ = ["SCHEMA", "Recommendation", "decode_event", "encode_event", "encode_recommendation",
-           "decode_recommendation", "dlq_record"]
+__all__ = ["SCHEMA", "Recommendation", "EventLimits", "EraseCommand", "decode_event", "decode_message",
+           "encode_event", "encode_erase", "encode_recommendation", "decode_recommendation", "dlq_record"]
 
 SCHEMA = 1
 
 
+@dataclass(frozen=True)
+class EventLimits:
+    """What an event message may be (``Settings`` fields of the same names)."""
+
+    max_message_bytes: int = 65536
+    max_id_length: int = 256
+    min_event_time: float = 946684800.0  # 2000-01-01
+    max_future_s: float = 86400.0
+
+
+@dataclass(frozen=True)
+class EraseCommand:
+    """``{"command": "erase", "user_id": U}`` on the events topic (key U): forget the user.
+
+    It travels in the user's own partition, so it is ordered with the user's
+    events and applied exactly once like them (see docs/operations.md).
+    """
+
+    user_id: str
+
+
 def decode_event(value: bytes | str | None) -> Event:
-    """Decode and validate one event message; BadInputError says why it is rejected."""
+    """Decode and validate one event (no size or time limits); BadInputError says why not."""
     if value is None:
         raise BadInputError("empty message (no value)")
     return event_from_json(value)
+
+
+def decode_message(value: bytes | None, key: bytes | None, timestamp: float | None,
+                   limits: EventLimits = EventLimits()) -> Event | EraseCommand:
+    """Decode and validate one message of the events topic.
+
+    ``timestamp`` is the message's broker timestamp (Unix seconds; None or <= 0:
+    now). Raises BadInputError, and nothing else, for any input whatsoever: the
+    caller dead-letters the message with ``str(error)`` as the reason.
+    """
+    try:
+        return _decode_message(value, key, timestamp, limits)
+    except BadInputError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - whatever breaks the decoder is the message's fault
+        raise BadInputError(f"undecodable message ({type(exc).__name__}: {str(exc)[:200]})") from None
+
+
+def _decode_message(value: bytes | None, key: bytes | None, timestamp: float | None,
+                    limits: EventLimits) -> Event | EraseCommand:
+    if value is None:
+        raise BadInputError("empty message (no value)")
+    if len(value) > limits.max_message_bytes:
+        raise BadInputError(f"message of {len(value)} bytes is over the limit of {limits.max_message_bytes} "
+                            "(FRESHREC_MAX_MESSAGE_BYTES)")
+    try:
+        obj = json.loads(value)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadInputError(f"not valid JSON: {exc}") from None
+    except RecursionError:
+        raise BadInputError("not valid JSON: nested too deeply") from None
+    if isinstance(obj, dict) and "command" in obj:
+        cmd: Event | EraseCommand = _command(obj)
+        user = cmd.user_id
+    else:
+        cmd = event_from_dict(obj)
+        user = cmd.user_id
+        for name in ("user_id", "item_id", "session_id", "event_id"):
+            v = getattr(cmd, name)
+            if v is not None and len(v) > limits.max_id_length:
+                raise BadInputError(f"event {name} of {len(v)} characters is over the limit of "
+                                    f"{limits.max_id_length} (FRESHREC_MAX_ID_LENGTH)")
+        now = timestamp if timestamp is not None and timestamp > 0 else time.time()
+        if cmd.time < limits.min_event_time:
+            raise BadInputError(f"event time {cmd.time:.0f} is before FRESHREC_MIN_EVENT_TIME "
+                                f"{limits.min_event_time:.0f}")
+        if cmd.time > now + limits.max_future_s:
+            raise BadInputError(f"event time {cmd.time:.0f} is more than {limits.max_future_s:.0f}s after the "
+                                f"message's broker time {now:.0f} (FRESHREC_MAX_FUTURE_S)")
+    if user.startswith("\x00"):
+        raise BadInputError("user_id starts with a NUL character")
+    if key is None:
+        raise BadInputError("message has no key (the key must be the user_id)")
+    if key.decode(errors="replace") != user:
+        raise BadInputError(f"message key {key[:64]!r} is not the event's user_id")
+    return cmd
+
+
+def _command(obj: dict[str, object]) -> EraseCommand:
+    if obj.get("command") != "erase":
+        raise BadInputError(f"unknown command {str(obj.get('command'))[:40]!r} (known: erase)")
+    user = obj.get("user_id")
+    if not isinstance(user, str) or not user:
+        raise BadInputError("erase command has no user_id")
+    return EraseCommand(user)
+
+
+def encode_erase(user_id: str) -> bytes:
+    """The erase command for ``user_id`` (send it with key = user_id)."""
+    return json.dumps({"command": "erase", "user_id": user_id}, separators=(",", ":")).encode()
 
 
 def encode_event(event: Event) -> bytes:

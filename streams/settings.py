@@ -18,7 +18,9 @@ from typing import Any
 
 from model_core.errors import ConfigError
 
-__all__ = ["Settings", "load_settings", "add_kafka_flags"]
+__all__ = ["Settings", "load_settings", "add_kafka_flags", "ON_ERROR"]
+
+ON_ERROR = ("stop", "dlq")
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,24 @@ class Settings:
     data_dir: str = ".freshrec"
     """Worker-local state (Faust data dir) (FRESHREC_DATA_DIR)."""
 
+    on_error: str = "dlq"
+    """What a worker does when a batch still fails after its retries: stop (exit non-zero; the
+    orchestrator restarts it and the batch is consumed again) or dlq (dead-letter the batch's
+    events with the reason and go on) (FRESHREC_ON_ERROR)."""
+    error_retries: int = 3
+    """Retries of a failed batch (compute or publish) before on_error applies (FRESHREC_ERROR_RETRIES)."""
+    health_stall_s: float = 60.0
+    """/health fails when events wait on this worker's partitions and no batch finished for this
+    long, seconds (FRESHREC_HEALTH_STALL_S)."""
+    max_message_bytes: int = 65536
+    """Larger event messages go to the dead-letter topic (FRESHREC_MAX_MESSAGE_BYTES)."""
+    max_id_length: int = 256
+    """Longest user, item, session or event id, characters (FRESHREC_MAX_ID_LENGTH)."""
+    min_event_time: float = 946684800.0
+    """Earliest accepted event time, Unix seconds (default 2000-01-01) (FRESHREC_MIN_EVENT_TIME)."""
+    max_future_s: float = 86400.0
+    """Latest accepted event time, seconds after the message's broker timestamp (FRESHREC_MAX_FUTURE_S)."""
+
     def __post_init__(self) -> None:
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ConfigError(f"FRESHREC_DEVICE / --device {self.device!r} must be auto, cpu or cuda")
@@ -77,10 +97,14 @@ class Settings:
             host, _, port = hostport.strip().rpartition(":")
             if not host or not port.isdigit():
                 raise ConfigError(f"broker address {hostport!r} is not host:port (FRESHREC_BROKERS / --brokers)")
-        for name in ("partitions", "replication", "k", "batch_size"):
+        if self.on_error not in ON_ERROR:
+            raise ConfigError(f"FRESHREC_ON_ERROR / --on-error {self.on_error!r} must be stop or dlq")
+        if self.error_retries < 0:
+            raise ConfigError(f"error_retries={self.error_retries} must be >= 0 (FRESHREC_ERROR_RETRIES)")
+        for name in ("partitions", "replication", "k", "batch_size", "max_message_bytes", "max_id_length"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}={getattr(self, name)} must be >= 1 (FRESHREC_{name.upper()})")
-        for name in ("batch_within_s", "model_poll_s", "metrics_interval_s"):
+        for name in ("batch_within_s", "model_poll_s", "metrics_interval_s", "health_stall_s", "max_future_s"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name}={getattr(self, name)} must be > 0 (FRESHREC_{name.upper()})")
         if not 0 <= self.web_port < 65536:
@@ -101,6 +125,11 @@ class Settings:
     @property
     def recommendations_topic(self) -> str:
         return f"{self.topic_prefix}.recommendations"
+
+    @property
+    def state_topic(self) -> str:
+        """The workers' per-user state changelog (one per consumer group; compacted)."""
+        return f"{self.topic_prefix}.state.{self.group}"
 
     def with_(self, **changes: Any) -> "Settings":
         """A copy with some settings changed (validated again)."""

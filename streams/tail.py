@@ -65,6 +65,8 @@ class RecommendationClient:
         """user_id -> the newest list seen (by ``published_at``)."""
         self.latest_raw: dict[str, bytes] = {}
         """user_id -> the message value of that list, as published."""
+        self.erased: set[str] = set()
+        """Users whose tombstone (erasure) was read; a later list for the user removes them."""
         self.received = 0
         self.skipped = 0
         self.last_message_at: float | None = None
@@ -115,9 +117,14 @@ class RecommendationClient:
             else:
                 self.last_message_at = time.monotonic()
                 value = msg.value()
+                if value is None:  # a tombstone: the user was erased
+                    user = (msg.key() or b"").decode("utf-8", "replace")
+                    if self.users is None or user in self.users:
+                        self.latest.pop(user, None)
+                        self.latest_raw.pop(user, None)
+                        self.erased.add(user)
+                    continue
                 try:
-                    if value is None:
-                        raise BadInputError("empty message (no value)")
                     rec = decode_recommendation(value)
                 except Exception as exc:  # noqa: BLE001 - BadInputError, or any codec slip: skip it
                     self.skipped += 1
@@ -128,6 +135,7 @@ class RecommendationClient:
                             self._since is None or rec.published_at >= self._since):
                         self.received += 1
                         old = self.latest.get(rec.user_id)
+                        self.erased.discard(rec.user_id)
                         if old is None or rec.published_at >= old.published_at:
                             self.latest[rec.user_id] = rec
                             self.latest_raw[rec.user_id] = value

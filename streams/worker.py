@@ -2,15 +2,24 @@
 
 Per micro-batch (``stream.take_events``):
 
-1. decode + validate; a bad message goes to the dead-letter topic with the
-   reason, and the batch goes on;
-2. group by user; load each user's ``UserHistory`` from the changelog-backed
-   table; apply the events (an event id already applied is skipped);
-3. in a worker thread (never on the event loop): learn the batch's global side
-   (trending, new items), fold the touched users in and search the index;
-4. publish one list per touched user, then write the histories back (to the
-   changelog partition the user's events came from, so a moved worker
-   recovers exactly its users).
+1. decode + validate every message (``decode_message``, which raises nothing but
+   BadInputError): a bad one goes to the dead-letter topic with the reason, and
+   the batch goes on;
+2. load each user's ``UserHistory`` (``UserStateStore``: in memory for the
+   partitions this worker owns, recovered from the state changelog) and apply
+   the events; a message at or before the user's last applied offset is a
+   re-delivery and changes nothing (exactly-once effect, with or without ids);
+   an erase command forgets the user;
+3. in the compute thread (never on the event loop): learn the batch's global
+   side (trending, new items), fold the touched users in and search the index;
+4. publish one list per touched user and write the histories to the changelog
+   partition the user's events came from (a tombstone on both topics for an
+   erased user), flush, and only then let Faust commit the batch's offsets.
+
+A batch whose compute or publish still fails after ``error_retries`` retries is
+dead-lettered (``on_error=dlq``) or ends the process (``on_error=stop``); an
+exception escaping the agent ends the process too: never a live worker that
+consumes nothing. ``/health`` and ``/ready`` report liveness and readiness.
 
 A catalog listener applies ``freshrec.items`` to every worker (not split by the
 consumer group), and a timer hot-swaps newer model versions.
@@ -19,15 +28,17 @@ consumer group), and a timer hot-swaps newer model versions.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import os
 import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import faust
 
@@ -38,16 +49,18 @@ from model_core.events import Event
 from model_core.index import IndexConfig
 from model_core.online import OnlineRecommender
 from model_core.state import UserHistory
-from streams.codec import Recommendation, decode_event, dlq_record, encode_recommendation
+from streams.codec import EraseCommand, EventLimits, Recommendation, decode_message, dlq_record, encode_recommendation
 from streams.kafka import client_config, ensure_topics
 from streams.metrics import Metrics
 from streams.settings import Settings
+from streams.userstate import UserStateStore
 
-__all__ = ["WorkerState", "build_app", "run_worker", "CATALOG_EVENTS"]
+__all__ = ["WorkerState", "build_app", "run_worker", "CATALOG_EVENTS", "EXIT_FATAL"]
 
 log = logging.getLogger("freshrec.worker")
 
 CATALOG_EVENTS = ("new", "unavailable", "available")
+EXIT_FATAL = 70  # the worker stopped itself on an error it cannot contain (restart it)
 
 
 @dataclass
@@ -58,6 +71,7 @@ class WorkerState:
     model_root: Path
     foldin: FoldInConfig = field(default_factory=FoldInConfig)
     metrics: Metrics = field(default_factory=Metrics)
+    health: "Health" = field(default_factory=lambda: Health(60.0))
     rec: OnlineRecommender | None = None
     bad_versions: set[str] = field(default_factory=set)
     executor: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(1, "freshrec-compute"))
@@ -197,6 +211,48 @@ def _make_embedded_transport() -> Any:
 _EmbeddedTransport = _make_embedded_transport()
 
 
+def _fatal(reason: str) -> NoReturn:
+    """End the process with EXIT_FATAL: the orchestrator restarts it, and no event is lost
+    (nothing unapplied was committed). Never leave a live process that consumes nothing."""
+    log.critical("stopping the worker (exit %d): %s", EXIT_FATAL, reason)
+    logging.shutdown()
+    os._exit(EXIT_FATAL)
+
+
+class Health:
+    """What /health and /ready report."""
+
+    def __init__(self, stall_s: float) -> None:
+        self.stall_s = stall_s
+        self.agent_running = False
+        self.model_loaded = False
+        self.assigned: set[int] = set()
+        self.last_progress = time.monotonic()
+
+    def progress(self) -> None:
+        self.last_progress = time.monotonic()
+
+    def live(self, lag: int | None) -> tuple[bool, str]:
+        if not self.agent_running:
+            return False, "the event agent is not running"
+        idle = time.monotonic() - self.last_progress
+        if lag and idle > self.stall_s:
+            return False, f"{lag} events wait and no batch finished for {idle:.0f}s"
+        return True, "ok"
+
+    def ready(self, store: UserStateStore) -> tuple[bool, str]:
+        if not self.model_loaded:
+            return False, "no model loaded"
+        missing = sorted(p for p in self.assigned if not store.loaded(p))
+        if missing:
+            return False, f"recovering user state of partitions {missing}"
+        return True, "ok"
+
+
+class _BatchFailed(Exception):
+    """A batch's compute or publish failed after its retries."""
+
+
 def build_app(settings: Settings, state: WorkerState) -> faust.App:
     """The Faust app of one worker, configured from settings."""
     embedded = settings.profile == "embedded"
@@ -222,71 +278,168 @@ def build_app(settings: Settings, state: WorkerState) -> faust.App:
     events_topic = app.topic(settings.events_topic, key_serializer="raw", value_serializer="raw")
     recs_topic = app.topic(settings.recommendations_topic, key_serializer="raw", value_serializer="raw")
     dlq_topic = app.topic(settings.dlq_topic, key_serializer="raw", value_serializer="raw")
-    # key: user id; value: UserHistory.to_dict() (Faust tables serialize both as JSON)
-    histories = app.Table("user-history", partitions=settings.partitions, default=None)
-    metrics = state.metrics
+    state_topic = app.topic(settings.state_topic, key_serializer="raw", value_serializer="raw")
+    store = UserStateStore(settings)
+    metrics, health = state.metrics, state.health
+    limits = EventLimits(settings.max_message_bytes, settings.max_id_length, settings.min_event_time,
+                         settings.max_future_s)
+    loader = ThreadPoolExecutor(1, "freshrec-recovery")
+    inflight: dict[int, asyncio.Future[dict[int, dict[str, bytes]]]] = {}
 
-    async def to_dlq(ev: Any, reason: str) -> None:
-        msg = ev.message
+    async def to_dlq(msg: Any, reason: str) -> None:
         await dlq_topic.send(key=msg.key, value=dlq_record(msg.value, reason, topic=msg.topic,
                                                            partition=msg.partition, offset=msg.offset))
         metrics.inc("dlq")
         log.warning("DLQ %s[%d]@%d: %s", msg.topic, msg.partition, msg.offset, reason)
 
+    async def recover(partitions: set[int]) -> None:
+        """Load the user state of these partitions where it is not in memory (blocking reads, in
+        the recovery thread; one read per partition at a time). A partition dropped (revoked)
+        while its read ran is read again."""
+        loop = asyncio.get_running_loop()
+        while todo := sorted(p for p in partitions if not store.loaded(p)):
+            others = {inflight[p] for p in todo if p in inflight}
+            mine = [p for p in todo if p not in inflight]
+            if mine:
+                generations = store.generations(mine)
+                fut = loop.run_in_executor(loader, store.load, mine)
+                inflight.update(dict.fromkeys(mine, fut))
+                try:
+                    store.install(await fut, generations)
+                finally:
+                    for p in mine:
+                        if inflight.get(p) is fut:
+                            del inflight[p]
+            for other in others:
+                with contextlib.suppress(Exception):  # its caller reports it; this loop reads again
+                    await asyncio.shield(other)
+
+    @app.on_partitions_revoked.connect  # type: ignore[misc, arg-type]
+    async def on_revoked(app_: Any, revoked: set[Any], **kwargs: Any) -> None:
+        parts = {tp.partition for tp in revoked if tp.topic == settings.events_topic}
+        health.assigned -= parts
+        store.drop(parts)  # read in full again if they come back: another worker may change them meanwhile
+
+    @app.on_partitions_assigned.connect  # type: ignore[misc, arg-type]
+    async def on_assigned(app_: Any, assigned: set[Any], **kwargs: Any) -> None:
+        health.assigned = {tp.partition for tp in assigned if tp.topic == settings.events_topic}
+        store.drop(store.partitions - health.assigned)
+        if health.assigned:
+            asyncio.ensure_future(_log_errors(recover(set(health.assigned)), "state recovery"))
+
+    async def retried(what: str, step: Any) -> Any:
+        """Run ``step()`` with up to settings.error_retries retries; _BatchFailed after that."""
+        for attempt in range(settings.error_retries + 1):
+            try:
+                return await step()
+            except Exception as exc:  # noqa: BLE001 - decided below: retry, then on_error
+                if attempt == settings.error_retries:
+                    raise _BatchFailed(f"{what} failed {attempt + 1} times: {exc!r}") from exc
+                metrics.inc("retries")
+                log.warning("%s failed (attempt %d of %d), retrying: %r", what, attempt + 1,
+                            settings.error_retries + 1, exc)
+                await asyncio.sleep(min(0.2 * 2**attempt, 5.0))
+        raise AssertionError("unreachable")
+
+    async def process(batch: list[Any]) -> None:
+        loop = asyncio.get_running_loop()
+        metrics.inc("events_in", len(batch))
+        metrics.batch(len(batch))
+        valid: list[tuple[Event | EraseCommand, Any]] = []
+        for ev in batch:
+            msg = ev.message
+            try:
+                valid.append((decode_message(msg.value, msg.key, msg.timestamp, limits), msg))
+            except BadInputError as exc:
+                await to_dlq(msg, str(exc))
+        if not valid:
+            return
+        await recover({msg.partition for _, msg in valid})
+        rec = state.rec
+        assert rec is not None
+        weights = rec.model.config.weights
+        touched: dict[str, UserHistory] = {}
+        partition_of: dict[str, int] = {}
+        erased: dict[str, int] = {}
+        applied: list[Event] = []
+        arrivals: list[float] = []
+        for cmd, msg in valid:
+            p, user = msg.partition, cmd.user_id
+            h = touched.get(user)
+            if h is None:
+                h = UserHistory(user) if user in erased else store.get(p, user)
+            if isinstance(cmd, EraseCommand):
+                if h.seen((p, msg.offset)):
+                    continue
+                touched.pop(user, None)
+                partition_of.pop(user, None)
+                erased[user] = p
+                continue
+            if h.add(cmd, weights, state.foldin, (p, msg.offset)):
+                touched[user] = h
+                partition_of[user] = p
+                applied.append(cmd)
+                arrivals.append(msg.timestamp)
+            else:
+                metrics.inc("events_duplicate")
+        if not touched and not erased:
+            return
+        try:
+            if touched:
+                rec, lists = await retried("compute", lambda: loop.run_in_executor(
+                    state.executor, state.compute, applied, touched))
+            else:
+                lists = []
+            now = time.time()
+
+            async def publish() -> None:
+                for (user, h), items in zip(touched.items(), lists):
+                    out = Recommendation(user, items, rec.model_version, rec.index_version, h.events_applied,
+                                         h.last_event_id, h.last_event_time, now)
+                    await recs_topic.send(key=user.encode(), value=encode_recommendation(out),
+                                          partition=partition_of[user])
+                    await state_topic.send(key=user.encode(), value=h.encode(), partition=partition_of[user])
+                for user, p in erased.items():
+                    await recs_topic.send(key=user.encode(), value=None, partition=p)
+                    await state_topic.send(key=user.encode(), value=None, partition=p)
+                # state and lists are on the broker before these events can be committed as done
+                await app.producer.flush()
+
+            await retried("publish", publish)
+        except _BatchFailed as exc:
+            if settings.on_error == "stop":
+                _fatal(f"{exc} (FRESHREC_ON_ERROR=stop)")
+            metrics.inc("batches_failed")
+            log.error("dead-lettering a batch of %d events: %s", len(valid), exc)
+            for cmd, msg in valid:
+                await to_dlq(msg, f"batch failed: {exc}")
+            await app.producer.flush()
+            return
+        for user, h in touched.items():
+            store.put(partition_of[user], user, h.encode())
+        for user, p in erased.items():
+            store.delete(p, user)
+            log.info("erased user %r (partition %d)", user, p)
+        metrics.inc("events_applied", len(applied))
+        metrics.inc("lists_out", len(touched))
+        metrics.inc("users_erased", len(erased))
+        metrics.latencies([(now - t) * 1000.0 for t in arrivals])
+        metrics.index_version = rec.index_version
+
     @app.agent(events_topic)
     async def update(stream: Any) -> None:
-        loop = asyncio.get_running_loop()
-        async for batch in stream.take_events(settings.batch_size, within=settings.batch_within_s):
-            metrics.inc("events_in", len(batch))
-            metrics.batch(len(batch))
-            valid: list[tuple[Event, Any]] = []
-            for ev in batch:
-                try:
-                    event = decode_event(ev.message.value)
-                    key = ev.message.key
-                    if key is None:
-                        raise BadInputError("message has no key (the key must be the user_id)")
-                    if key.decode(errors="replace") != event.user_id:
-                        raise BadInputError(f"message key {key[:64]!r} is not the event's user_id")
-                except BadInputError as exc:
-                    await to_dlq(ev, str(exc))
-                    continue
-                valid.append((event, ev))
-            touched: dict[str, UserHistory] = {}
-            partition_of: dict[str, int] = {}
-            applied: list[Event] = []
-            arrivals: dict[str, list[float]] = {}
-            for event, ev in valid:
-                h = touched.get(event.user_id)
-                if h is None:
-                    raw = histories.data.get(event.user_id)
-                    h = UserHistory.from_dict(raw) if raw else UserHistory(event.user_id)
-                if h.add(event, state.rec.model.config.weights, state.foldin):  # type: ignore[union-attr]
-                    touched[event.user_id] = h
-                    partition_of[event.user_id] = ev.message.partition
-                    applied.append(event)
-                    arrivals.setdefault(event.user_id, []).append(ev.message.timestamp)
-                else:
-                    metrics.inc("events_duplicate")
-            if not touched:
-                continue
-            metrics.inc("events_applied", len(applied))
-            rec, lists = await loop.run_in_executor(state.executor, state.compute, applied, touched)
-            now = time.time()
-            for (user, h), items in zip(touched.items(), lists):
-                msg = Recommendation(user, items, rec.model_version, rec.index_version, h.events_applied,
-                                     h.last_event_id, h.last_event_time, now)
-                await recs_topic.send(key=user.encode(), value=encode_recommendation(msg))
-                value = h.to_dict()
-                histories.data[user] = value
-                histories.send_changelog(partition_of[user], user, value)
-            # state and lists are on the broker before these events can be committed as done
-            await app.producer.flush()
-            if embedded:  # see _seal_changelog
-                await _seal_changelog(app, histories, set(partition_of.values()))
-            metrics.inc("lists_out", len(touched))
-            metrics.latencies([(now - t) * 1000.0 for ts in arrivals.values() for t in ts])
-            metrics.index_version = rec.index_version
+        health.agent_running = True
+        try:
+            async for batch in stream.take_events(settings.batch_size, within=settings.batch_within_s):
+                await process(batch)
+                health.progress()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a crashed agent never resumes: end the process
+            log.exception("event agent crashed")
+            _fatal(f"the event agent crashed: {exc!r}")
+        finally:
+            health.agent_running = False
 
     @app.timer(settings.model_poll_s)
     async def watch_model() -> None:
@@ -316,6 +469,16 @@ def build_app(settings: Settings, state: WorkerState) -> faust.App:
     async def prometheus(web: Any, request: Any) -> Any:
         return web.text(metrics.prometheus(), content_type="text/plain")
 
+    @app.page("/health")
+    async def liveness(web: Any, request: Any) -> Any:
+        ok, why = health.live(_lag(app, settings.events_topic))
+        return web.json({"ok": ok, "reason": why}, status=200 if ok else 503)
+
+    @app.page("/ready")
+    async def readiness(web: Any, request: Any) -> Any:
+        ok, why = health.ready(store)
+        return web.json({"ok": ok, "reason": why}, status=200 if ok else 503)
+
     @app.task
     async def start_catalog() -> None:
         listener = _CatalogListener(state, asyncio.get_running_loop())
@@ -329,25 +492,17 @@ def build_app(settings: Settings, state: WorkerState) -> faust.App:
         listener = getattr(app_, "_freshrec_catalog", None)
         if listener is not None:
             listener.stopping.set()
+        loader.shutdown(wait=False)
         log.info("shutting down: %s", metrics.log_line())
 
     return app
 
 
-_MARKER = "__freshrec_changelog_marker__"
-
-
-async def _seal_changelog(app: faust.App, table: Any, partitions: set[int]) -> None:
-    """Embedded broker only: end every batch of changelog writes with a lone marker record.
-
-    Tansu under-reports a partition's end offset as the start of its last stored
-    batch + 1, so Faust's recovery stops inside the last batch. With the state
-    writes already flushed, a one-record batch after them makes that last batch
-    a marker nobody reads, and every real state write is recovered.
-    """
-    for p in partitions:
-        table.send_changelog(p, _MARKER, {})
-    await app.producer.flush()
+async def _log_errors(coro: Any, what: str) -> None:
+    try:
+        await coro
+    except Exception as exc:  # noqa: BLE001 - the agent retries the same step and decides
+        log.warning("%s failed: %r", what, exc)
 
 
 def _lag(app: faust.App, topic: str) -> int | None:
@@ -373,8 +528,9 @@ def _lag(app: faust.App, topic: str) -> int | None:
 def run_worker(settings: Settings, model_root: str | Path, *, foldin: FoldInConfig | None = None) -> int:
     """Create topics, load the model, and run one worker until SIGTERM/SIGINT."""
     ensure_topics(settings)
-    state = WorkerState(settings, Path(model_root), foldin or FoldInConfig())
+    state = WorkerState(settings, Path(model_root), foldin or FoldInConfig(), health=Health(settings.health_stall_s))
     state.load_initial()
+    state.health.model_loaded = True
     app = build_app(settings, state)
     worker = faust.Worker(app, loglevel=settings.log_level.upper(), quiet=True, redirect_stdouts=False,
                           override_logging=False)

@@ -21,6 +21,7 @@ from streams.settings import Settings, load_settings
 from streams.tail import RecommendationClient
 
 USERS = [f"f{i}" for i in range(24)]
+T0 = time.time() - 86400  # event times inside the accepted window (not after the broker time)
 
 
 def _settings(broker: EmbeddedBroker, tmp_path: Path) -> Settings:
@@ -40,7 +41,7 @@ def _send(settings: Settings, round_: int, n: int) -> None:
     for user in USERS:
         for j in range(n):
             ev = {"user_id": user, "item_id": f"i{(round_ * 7 + j) % 60}", "type": "view",
-                  "time": 1_800_000_000 + round_ * 100 + j, "event_id": f"{user}-{round_}-{j}"}
+                  "time": T0 + round_ * 100 + j, "event_id": f"{user}-{round_}-{j}"}
             p.produce(settings.events_topic, key=user.encode(), value=json.dumps(ev).encode())
     assert p.flush(10) == 0
 

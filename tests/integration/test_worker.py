@@ -18,7 +18,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 from model_core.als import train_als
 from model_core.config import ALSConfig
 from model_core.synth import SynthConfig, generate_events, make_catalog
-from streams.broker import EmbeddedBroker
+from streams.broker import EmbeddedBroker, free_port
 from streams.codec import Recommendation
 from streams.kafka import client_config
 from streams.settings import Settings, load_settings
@@ -57,7 +57,7 @@ def worker(broker: EmbeddedBroker, tmp_path_factory: pytest.TempPathFactory) -> 
     version = _train(models, seed=0)
     settings = load_settings(environ={}).with_(
         brokers=broker.bootstrap, profile="embedded", topic_prefix=f"w{uuid.uuid4().hex[:8]}", partitions=2,
-        web_port=0, group=f"g{uuid.uuid4().hex[:8]}", k=10, model_poll_s=1.0, metrics_interval_s=1.0,
+        web_port=free_port(), group=f"g{uuid.uuid4().hex[:8]}", k=10, model_poll_s=1.0, metrics_interval_s=1.0,
         data_dir=str(tmp / "data"), batch_within_s=0.05,
     )
     process = WorkerProcess(settings, models, tmp / "worker.log")
@@ -112,16 +112,8 @@ def test_bad_event_goes_to_the_dlq_and_the_next_one_is_applied(worker: Worker) -
     produce(s, [b"{not json", {"user_id": "dlq-user", "item_id": "i1"}, view("dlq-user", "i2", 0)])
     rec = wait_for_list(s, "dlq-user", applied=1)
     assert rec.events_applied == 1
-    consumer = Consumer(client_config(s, "consumer", **{"group.id": f"dlq-{uuid.uuid4().hex[:6]}"}))
-    consumer.assign([TopicPartition(s.dlq_topic, 0, OFFSET_BEGINNING)])  # no group join to wait for
-    reasons, deadline = [], time.time() + 30
-    try:
-        while len(reasons) < 2 and time.time() < deadline:
-            msg = consumer.poll(0.5)
-            if msg is not None and not msg.error():
-                reasons.append(json.loads(msg.value()))
-    finally:
-        consumer.close()
+    reasons = [r for r in read_dlq(s, 100, timeout=5) if "dlq-user" in (r["original"] or "") or
+               r["original"] == "{not json"]
     assert len(reasons) == 2, f"DLQ holds {reasons}; worker log:\n{worker.log_text()[-2000:]}"
     assert [r["original"] for r in reasons] == ["{not json", json.dumps({"user_id": "dlq-user", "item_id": "i1"})]
     assert "not valid JSON" in reasons[0]["reason"] and "missing type, time" in reasons[1]["reason"]
@@ -171,3 +163,85 @@ def test_newer_model_version_is_served_without_a_restart(worker: Worker) -> None
     produce(s, [view("late-user", "i3", 0)])
     rec = wait_for_list(s, "late-user", applied=1)
     assert rec.model_version == newer != worker.first_version
+
+
+def read_dlq(settings: Settings, n: int, timeout: float = 30.0) -> list[dict]:
+    consumer = Consumer(client_config(settings, "consumer", **{"group.id": f"dlq-{uuid.uuid4().hex[:6]}"}))
+    consumer.assign([TopicPartition(settings.dlq_topic, 0, OFFSET_BEGINNING)])  # no group join to wait for
+    records, deadline = [], time.time() + timeout
+    try:
+        while len(records) < n and time.time() < deadline:
+            msg = consumer.poll(0.5)
+            if msg is not None and not msg.error():
+                records.append(json.loads(msg.value()))
+    finally:
+        consumer.close()
+    return records
+
+
+def test_hostile_messages_are_dead_lettered_and_the_stream_goes_on(worker: Worker) -> None:
+    """The three messages that used to stop a worker for good, and more, then good events."""
+    s = worker.settings
+    now = time.time()
+    user = "fuzz-user"
+    good = {"user_id": user, "item_id": "i1", "type": "view", "time": now - 60}
+    hostile: list[tuple[bytes, str]] = [
+        (b"[" * 100_000 + b"]" * 100_000, "over the limit"),
+        (b"[" * 30_000 + b"]" * 30_000, "nested too deeply"),
+        (json.dumps({**good, "quantity": 1e400}).replace("Infinity", "1e400").encode(), "quantity"),
+        (json.dumps({**good, "time": 1e12}).encode(), "broker time"),
+        (json.dumps({**good, "time": 100}).encode(), "FRESHREC_MIN_EVENT_TIME"),
+        (json.dumps({**good, "weight": 1e308}).encode(), "weight"),
+        (json.dumps({**good, "price": -5}).encode(), "price"),
+        (json.dumps({**good, "item_id": "x" * 5000}).encode(), "characters"),
+        (json.dumps({**good, "item_id": ["a", "b"]}).encode(), "item_id must be"),
+        (json.dumps({**good, "type": {"$gt": ""}}).encode(), "unknown event type"),
+        (b"\xff\xfe\x00garbage", "not valid JSON"),
+        (json.dumps({"command": "drop", "user_id": user}).encode(), "unknown command"),
+    ]
+    p = Producer(client_config(s, "producer"))
+    for value, _ in hostile:
+        p.produce(s.events_topic, key=user.encode(), value=value)
+    for n in range(3):  # good events after the poison; a cold user after the far-future time
+        p.produce(s.events_topic, key=user.encode(), value=json.dumps({**good, "item_id": f"i{n}",
+                                                                        "time": now - 50 + n}).encode())
+    p.produce(s.events_topic, key=b"fuzz-cold", value=json.dumps(
+        {"user_id": "fuzz-cold", "item_id": "no-such-item", "type": "view", "time": now - 10}).encode())
+    assert p.flush(10) == 0
+    rec = wait_for_list(s, user, applied=3)
+    assert rec.events_applied == 3 and len(rec.items) == 10
+    cold = wait_for_list(s, "fuzz-cold", applied=1)
+    # trending (what the poison time would have broken) still answers, with what trends now
+    assert {"i0", "i1", "i2"} <= set(cold.item_ids) and all(np.isfinite(score) for _, score in cold.items)
+    reasons = [r["reason"] for r in read_dlq(s, 100, timeout=8)]
+    for _, why in hostile:
+        assert any(why in r for r in reasons), (why, reasons)
+    assert worker.proc.poll() is None
+
+
+def test_health_and_readiness(worker: Worker) -> None:
+    import urllib.request
+
+    for path in ("/health", "/ready"):
+        with urllib.request.urlopen(f"http://127.0.0.1:{worker.settings.web_port}{path}", timeout=5) as r:
+            assert r.status == 200 and json.loads(r.read())["ok"] is True
+
+
+def test_erase_forgets_the_user_end_to_end(worker: Worker) -> None:
+    from streams.erase import erase_users
+
+    s = worker.settings
+    user = "erase-me"
+    produce(s, [view(user, f"i{n}", n) for n in range(3)])
+    assert wait_for_list(s, user, applied=3).events_applied == 3
+    assert erase_users(s, [user], wait_s=30) == {user}
+    with RecommendationClient(s, users=[user]) as client:  # compacting subscribers see the tombstone
+        deadline = time.time() + 10
+        while user not in client.erased and time.time() < deadline:
+            client.poll(0.2)
+        assert user in client.erased and user not in client.latest
+    with RecommendationClient(s, users=[user], from_beginning=False) as client:
+        produce(s, [view(user, "i7", 10)])
+        rec = client.wait_for(lambda r: r.user_id == user, 30)
+    assert rec is not None and rec.events_applied == 1 and rec.last_event_id == f"{user}-10"  # a new history, from nothing
+    assert "erased user 'erase-me'" in worker.log_text()

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from model_core.errors import BadInputError
-from model_core.events import Event, EventType
+from model_core.events import MAX_PRICE, MAX_QUANTITY, MAX_WEIGHT, Event, EventType
 from streams.codec import (
     SCHEMA,
     Recommendation,
@@ -35,9 +35,9 @@ events = st.builds(
     time=finite,
     event_id=st.none() | text,
     session_id=st.none() | text,
-    quantity=st.none() | st.integers(),
-    price=st.none() | finite,
-    weight=st.none() | st.floats(min_value=0, allow_nan=False, allow_infinity=False),
+    quantity=st.none() | st.integers(0, MAX_QUANTITY),
+    price=st.none() | st.floats(0, MAX_PRICE),
+    weight=st.none() | st.floats(0, MAX_WEIGHT),
 )
 
 scores = finite.map(lambda x: round(x, 6))  # the wire keeps 6 decimals
@@ -114,7 +114,7 @@ def test_event_wire_form() -> None:
     (json.dumps({**valid_event(), "time": [1]}).encode(), "not a time"),
     (json.dumps({**valid_event(), "time": "yesterday"}).encode(), "neither Unix seconds nor ISO"),
     (json.dumps({**valid_event(), "time": True}).encode(), "not a time"),
-    (json.dumps({**valid_event(), "quantity": "two"}).encode(), "non-numeric"),
+    (json.dumps({**valid_event(), "quantity": "two"}).encode(), "quantity .* is not a number"),
     (json.dumps({**valid_event(), "weight": -1}).encode(), "weight"),
     (b'{"user_id":"u","item_id":"i","type":"view","time":NaN}', "not finite"),
 ])

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from model_core.errors import BadInputError, ConfigError, FreshrecError
-from model_core.events import Event, EventType, event_to_json
+from model_core.events import MAX_PRICE, MAX_WEIGHT, Event, EventType, event_to_json
 from model_core.logs import (
     FORMATS,
     SESSION_USER_PREFIX,
@@ -510,8 +510,8 @@ _events = st.builds(
     event_id=st.none() | _ids,
     session_id=st.none() | _ids,
     quantity=st.none() | st.integers(min_value=0, max_value=10**6),
-    price=st.none() | _finite,
-    weight=st.none() | st.floats(min_value=0, allow_nan=False, allow_infinity=False),
+    price=st.none() | st.floats(0, MAX_PRICE),
+    weight=st.none() | st.floats(0, MAX_WEIGHT),
 )
 
 

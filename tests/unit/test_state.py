@@ -96,6 +96,6 @@ def test_dict_round_trip(rows: list) -> None:
     h = UserHistory("u")
     for item, t, kind, eid in rows:
         h.add(ev(item, t, kind, eid), W, cfg)
-    back = UserHistory.from_dict(h.to_dict())
+    back = UserHistory.decode("u", h.encode())
     assert back.to_dict() == h.to_dict()
     assert back.weighted_items(cfg) == h.weighted_items(cfg)
