@@ -21,7 +21,7 @@ from streams.errors import BrokerUnavailableError
 from streams.kafka import client_config, ensure_topics
 from streams.settings import Settings
 
-__all__ = ["erase_users", "add_parser", "run"]
+__all__ = ["add_parser", "erase_users", "run"]
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ from streams.errors import BrokerUnavailableError
 from streams.kafka import client_config
 from streams.settings import Settings
 
-__all__ = ["UserStateStore", "MARKER_KEY"]
+__all__ = ["MARKER_KEY", "UserStateStore"]
 
 log = logging.getLogger("freshrec.state")
 
@@ -129,13 +129,13 @@ class UserStateStore:
                         if err.fatal() or err.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
                             raise BrokerUnavailableError(f"reading {self.topic}: {err.str()}")
                         continue
-                    p = msg.partition()
-                    if p not in pending:
+                    part = msg.partition()
+                    if part not in pending:
                         continue
                     key = msg.key()
                     if key == MARKER_KEY:
                         if msg.value() == nonce:
-                            pending.discard(p)
+                            pending.discard(part)
                         continue
                     if key is None:
                         continue
@@ -143,9 +143,9 @@ class UserStateStore:
                     user = key.decode("utf-8", "replace")
                     value = msg.value()
                     if value is None:
-                        out[p].pop(user, None)
+                        out[part].pop(user, None)
                     else:
-                        out[p][user] = value
+                        out[part][user] = value
         finally:
             consumer.close()
         log.info("recovered user state of partitions %s: %d users from %d records in %.2fs", parts,

@@ -1,0 +1,75 @@
+"""The catalog listener: ``freshrec.items`` reaches every worker (not split by the consumer group).
+
+Messages: ``{"item_id": "i9", "event": "new" | "unavailable" | "available"}``.
+Each update runs in the compute thread, so it never lands in the middle of a
+batch's search.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+import uuid
+from collections.abc import Callable
+
+from streams.kafka import client_config
+from streams.metrics import Metrics
+from streams.settings import Settings
+
+__all__ = ["CATALOG_EVENTS", "CatalogListener"]
+
+log = logging.getLogger("freshrec.catalog")
+
+CATALOG_EVENTS = ("new", "unavailable", "available")
+
+
+class CatalogListener(threading.Thread):
+    """Reads every partition of the items topic from the start (not a group member) and hands
+    each update to ``apply(item_id, available)`` on ``executor``."""
+
+    def __init__(self, settings: Settings, loop: asyncio.AbstractEventLoop, executor: object,
+                 apply: Callable[[str, bool], None], metrics: Metrics) -> None:
+        super().__init__(name="freshrec-catalog", daemon=True)
+        self.settings, self.loop, self.executor, self.apply, self.metrics = settings, loop, executor, apply, metrics
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
+
+        s = self.settings
+        consumer = Consumer(client_config(s, "consumer", **{
+            "group.id": f"{s.group}-catalog-{uuid.uuid4().hex[:8]}", "enable.auto.commit": False}))
+        try:
+            md = consumer.list_topics(s.items_topic, timeout=10)
+            parts = md.topics[s.items_topic].partitions
+            consumer.assign([TopicPartition(s.items_topic, p, OFFSET_BEGINNING) for p in parts])
+            while not self.stopping.is_set():
+                msg = consumer.poll(0.2)
+                if msg is None or msg.error():
+                    continue
+                self.loop.call_soon_threadsafe(self._apply, msg.value())
+        except KafkaException as exc:
+            log.error("catalog listener stopped: %s", exc)
+        finally:
+            consumer.close()
+
+    def _apply(self, value: bytes | None) -> None:
+        try:
+            d = json.loads(value or b"")
+            item, action = str(d["item_id"]), d["event"]
+            if action not in CATALOG_EVENTS:
+                raise ValueError(f"event {action!r} is not one of {', '.join(CATALOG_EVENTS)}")
+        except (ValueError, KeyError, TypeError, RecursionError) as exc:
+            log.warning("ignored catalog message %r: %s", (value or b"")[:200], exc)
+            return
+        done = self.loop.run_in_executor(self.executor, self.apply, item, action != "unavailable")  # type: ignore[arg-type]
+        done.add_done_callback(lambda fut: self._applied(fut, item, action))
+
+    def _applied(self, fut: asyncio.Future[None], item: str, action: str) -> None:
+        if fut.exception() is not None:
+            log.error("catalog update %s=%s failed: %s", item, action, fut.exception())
+            return
+        self.metrics.inc("catalog_updates")
+        log.info("catalog: %s is %s", item, action)

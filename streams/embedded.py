@@ -1,0 +1,78 @@
+"""Workarounds for the embedded broker (Tansu), in one place, each naming the gap it covers.
+
+Tansu's gaps (measured in shared/BROKER.md) and what freshrec does about them:
+
+- **Fetches are answered only when their wait expires.** Faust hard-codes a
+  1,500 ms fetch wait, so each hop waited ~0.4 s: ``kafka-embedded://`` is
+  Faust's aiokafka transport with a 100 ms wait (``embedded_transport``).
+- **Group joins wait for the whole session timeout.** The embedded profile
+  shortens Faust's session, heartbeat and rebalance timeouts (``streams.app``)
+  and confluent-kafka's (``streams.kafka.client_config``).
+- **End offsets are under-reported** (start of the last stored batch + 1).
+  Consumer lag reads low (``lag`` says so); state recovery does not use end
+  offsets at all (``streams.userstate`` reads up to a marker it writes).
+- **No exactly-once producer** (aiokafka's ``InitProducerId`` v0): freshrec is
+  at-least-once with exactly-once effect on state on every broker.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import faust
+
+__all__ = ["EMBEDDED_FETCH_WAIT_MS", "embedded_transport", "lag"]
+
+EMBEDDED_FETCH_WAIT_MS = 100
+
+
+def embedded_transport() -> str:
+    """Register (once) and name the Faust transport with the short fetch wait."""
+    from faust.transport import drivers
+
+    if "kafka-embedded" not in drivers.TRANSPORTS.data:
+        drivers.TRANSPORTS.data["kafka-embedded"] = f"{__name__}:_EmbeddedTransport"
+    return "kafka-embedded"
+
+
+def _make_embedded_transport() -> Any:
+    from faust.transport.drivers import aiokafka as driver
+
+    class Thread(driver.AIOKafkaConsumerThread):  # type: ignore[misc]
+        def _create_worker_consumer(self, transport: Any) -> Any:
+            consumer = super()._create_worker_consumer(transport)
+            consumer._fetch_max_wait_ms = EMBEDDED_FETCH_WAIT_MS  # Faust hard-codes 1500 ms
+            return consumer
+
+    class Consumer(driver.Consumer):  # type: ignore[misc]
+        def _new_consumer_thread(self) -> Any:
+            return Thread(self, loop=self.loop, beacon=self.beacon)
+
+    class Transport(driver.Transport):  # type: ignore[misc]
+        pass
+
+    Transport.Consumer = Consumer
+    return Transport
+
+
+_EmbeddedTransport = _make_embedded_transport()
+
+
+def lag(app: faust.App, topic: str) -> int | None:
+    """Events not yet read on this worker's partitions of ``topic`` (best effort).
+
+    On the embedded broker end offsets are under-reported, so this reads low there.
+    """
+    try:
+        consumer = app.consumer
+        total = 0
+        for tp in consumer.assignment():
+            if tp.topic != topic:
+                continue
+            high = consumer.highwater(tp)
+            pos = consumer._read_offset.get(tp)  # type: ignore[attr-defined]
+            if high is not None:
+                total += max(0, high - 1 - (pos if pos is not None else -1))
+        return total
+    except Exception:  # noqa: BLE001 - metrics must never break the worker
+        return None
