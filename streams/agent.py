@@ -215,6 +215,7 @@ class EventAgent:
         erased: dict[str, int] = {}
         applied: list[Event] = []
         arrivals: list[float] = []
+        arrived: dict[str, float] = {}  # user -> broker timestamp of the newest message applied
         for cmd, msg in valid:
             p, user = msg.partition, cmd.user_id
             h = touched.get(user)
@@ -232,6 +233,7 @@ class EventAgent:
                 partition_of[user] = p
                 applied.append(cmd)
                 arrivals.append(msg.timestamp)
+                arrived[user] = msg.timestamp
             else:
                 metrics.inc("events_duplicate")
         if not touched and not erased:
@@ -247,7 +249,7 @@ class EventAgent:
             async def publish() -> None:
                 for (user, h), items in zip(touched.items(), lists):
                     out = Recommendation(user, items, rec.model_version, rec.index_version, h.events_applied,
-                                         h.last_event_id, h.last_event_time, now)
+                                         h.last_event_id, h.last_event_time, now, arrived[user])
                     await self.recs_topic.send(key=user.encode(), value=encode_recommendation(out),
                                           partition=partition_of[user])
                     await self.state_topic.send(key=user.encode(), value=h.encode(), partition=partition_of[user])

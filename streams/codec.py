@@ -5,9 +5,12 @@ A recommendation message (key = user_id, value = JSON)::
     {"user_id": "u1", "items": [{"item_id": "i9", "score": 0.93}, ...],
      "model_version": "20261125T...Z", "index_version": 17, "events_applied": 42,
      "last_event_id": "e-17", "last_event_time": 1700000000.5,
-     "published_at": 1700000001.2, "schema": 1}
+     "published_at": 1700000001.2, "last_event_at": 1700000001.1, "schema": 1}
 
 ``events_applied`` counts the distinct events folded into that user so far.
+``last_event_at`` is the broker timestamp (Unix seconds) of the newest message
+the list reflects: a subscriber's ``time received - last_event_at`` is the
+list's freshness (``None`` in lists of older workers).
 """
 
 from __future__ import annotations
@@ -139,6 +142,7 @@ class Recommendation:
     last_event_id: str | None
     last_event_time: float | None
     published_at: float
+    last_event_at: float | None = None
     schema: int = SCHEMA
 
     @property
@@ -168,6 +172,7 @@ def decode_recommendation(value: bytes | str) -> Recommendation:
             last_event_id=d.get("last_event_id"),
             last_event_time=d.get("last_event_time"),
             published_at=float(d["published_at"]),
+            last_event_at=None if d.get("last_event_at") is None else float(d["last_event_at"]),
         )
     except BadInputError:
         raise

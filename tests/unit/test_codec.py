@@ -51,6 +51,7 @@ recommendations = st.builds(
     last_event_id=st.none() | text,
     last_event_time=st.none() | finite,
     published_at=finite,
+    last_event_at=st.none() | finite,
 )
 
 
