@@ -46,6 +46,7 @@ from streams.codec import (
     dlq_record,
     encode_recommendation,
 )
+from streams.publisher import Publisher
 from streams.settings import Settings
 from streams.userstate import UserStateStore
 
@@ -107,13 +108,8 @@ class EventAgent:
     def __init__(self, app: faust.App, settings: Settings, state: WorkerState) -> None:
         self.app, self.settings, self.state = app, settings, state
         self.metrics, self.health = state.metrics, state.health
-        def raw(name: str) -> Any:
-            return app.topic(name, key_serializer="raw", value_serializer="raw")
-
-        self.events_topic = raw(settings.events_topic)
-        self.recs_topic = raw(settings.recommendations_topic)
-        self.dlq_topic = raw(settings.dlq_topic)
-        self.state_topic = raw(settings.state_topic)
+        self.events_topic = app.topic(settings.events_topic, key_serializer="raw", value_serializer="raw")
+        self.out = Publisher(settings)
         self.store = UserStateStore(settings)
         self.limits = EventLimits(settings.max_message_bytes, settings.max_id_length, settings.min_event_time,
                                   settings.max_future_s)
@@ -138,11 +134,11 @@ class EventAgent:
         finally:
             self.health.agent_running = False
 
-    async def to_dlq(self, msg: Any, reason: str) -> None:
-        await self.dlq_topic.send(key=msg.key, value=dlq_record(msg.value, reason, topic=msg.topic,
-                                                                partition=msg.partition, offset=msg.offset))
-        self.metrics.inc("dlq")
-        log.warning("DLQ %s[%d]@%d: %s", msg.topic, msg.partition, msg.offset, reason)
+    def to_dlq(self, dead: list[tuple[Any, str]]) -> None:
+        """Queue dead-letter records (delivered with the batch's flush)."""
+        for msg, reason in dead:
+            self.out.produce(self.settings.dlq_topic, msg.key, dlq_record(
+                msg.value, reason, topic=msg.topic, partition=msg.partition, offset=msg.offset))
 
     async def recover(self, partitions: set[int]) -> None:
         """Load the user state of these partitions where it is not in memory (blocking reads, in
@@ -198,18 +194,20 @@ class EventAgent:
         metrics.inc("events_in", len(batch))
         metrics.batch(len(batch))
         valid: list[tuple[Event | EraseCommand, Any]] = []
+        dead: list[tuple[Any, str]] = []
         for ev in batch:
             msg = ev.message
             try:
                 valid.append((decode_message(msg.value, msg.key, msg.timestamp, self.limits), msg))
             except BadInputError as exc:
-                await self.to_dlq(msg, str(exc))
-        if not valid:
-            return
-        await self.recover({msg.partition for _, msg in valid})
-        rec = state.rec
-        assert rec is not None
-        weights = rec.model.config.weights
+                dead.append((msg, str(exc)))
+        for msg, reason in dead:
+            log.warning("DLQ %s[%d]@%d: %s", msg.topic, msg.partition, msg.offset, reason)
+        if valid:
+            await self.recover({msg.partition for _, msg in valid})
+        assert state.rec is not None
+        served = state.rec  # the model that makes this batch's lists (a swap may land meanwhile)
+        weights = served.model.config.weights
         touched: dict[str, UserHistory] = {}
         partition_of: dict[str, int] = {}
         erased: dict[str, int] = {}
@@ -236,41 +234,44 @@ class EventAgent:
                 arrived[user] = msg.timestamp
             else:
                 metrics.inc("events_duplicate")
-        if not touched and not erased:
-            return
+        lists: list[list[tuple[str, float]]] = []
+        encoded = {user: h.encode() for user, h in touched.items()}
+        recs_topic, state_topic = settings.recommendations_topic, settings.state_topic
+        now = time.time()
+
+        async def publish() -> None:
+            self.to_dlq(dead)
+            for (user, h), items in zip(touched.items(), lists):
+                out = Recommendation(user, items, served.model_version, served.index_version, h.events_applied,
+                                     h.last_event_id, h.last_event_time, now, arrived[user])
+                key, p = user.encode(), partition_of[user]
+                self.out.produce(recs_topic, key, encode_recommendation(out), p)
+                self.out.produce(state_topic, key, encoded[user], p)
+            for user, p in erased.items():
+                self.out.produce(recs_topic, user.encode(), None, p)
+                self.out.produce(state_topic, user.encode(), None, p)
+            # state, lists and dead letters are on the broker before the events can be committed
+            await self.out.flush()
+
         try:
             if touched:
-                rec, lists = await self.retried("compute", lambda: loop.run_in_executor(
+                served, lists = await self.retried("compute", lambda: loop.run_in_executor(
                     state.executor, state.compute, applied, touched))
-            else:
-                lists = []
-            now = time.time()
-
-            async def publish() -> None:
-                for (user, h), items in zip(touched.items(), lists):
-                    out = Recommendation(user, items, rec.model_version, rec.index_version, h.events_applied,
-                                         h.last_event_id, h.last_event_time, now, arrived[user])
-                    await self.recs_topic.send(key=user.encode(), value=encode_recommendation(out),
-                                          partition=partition_of[user])
-                    await self.state_topic.send(key=user.encode(), value=h.encode(), partition=partition_of[user])
-                for user, p in erased.items():
-                    await self.recs_topic.send(key=user.encode(), value=None, partition=p)
-                    await self.state_topic.send(key=user.encode(), value=None, partition=p)
-                # state and lists are on the broker before these events can be committed as done
-                await self.app.producer.flush()
-
-            await self.retried("publish", publish)
+                now = time.time()
+            if touched or erased or dead:
+                await self.retried("publish", publish)
         except _BatchFailed as exc:
             if settings.on_error == "stop":
                 fatal(f"{exc} (FRESHREC_ON_ERROR=stop)")
             metrics.inc("batches_failed")
             log.error("dead-lettering a batch of %d events: %s", len(valid), exc)
-            for cmd, msg in valid:
-                await self.to_dlq(msg, f"batch failed: {exc}")
-            await self.app.producer.flush()
+            self.to_dlq([(msg, f"batch failed: {exc}") for _, msg in valid] + dead)
+            await self.out.flush()  # PublishError here ends the agent, and so the process
+            metrics.inc("dlq", len(valid) + len(dead))
             return
-        for user, h in touched.items():
-            store.put(partition_of[user], user, h.encode())
+        metrics.inc("dlq", len(dead))
+        for user, value in encoded.items():
+            store.put(partition_of[user], user, value)
         for user, p in erased.items():
             store.delete(p, user)
             log.info("erased user %r (partition %d)", user, p)
@@ -278,7 +279,7 @@ class EventAgent:
         metrics.inc("lists_out", len(touched))
         metrics.inc("users_erased", len(erased))
         metrics.latencies([(now - t) * 1000.0 for t in arrivals])
-        metrics.index_version = rec.index_version
+        metrics.index_version = served.index_version
 
 
 async def _log_errors(coro: Awaitable[Any], what: str) -> None:

@@ -165,6 +165,7 @@ def build_app(settings: Settings, state: WorkerState) -> faust.App:
         if listener is not None:
             listener.stopping.set()
         agent.loader.shutdown(wait=False)
+        agent.out.close()
         log.info("shutting down: %s", metrics.log_line())
 
     return app
