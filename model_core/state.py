@@ -15,11 +15,12 @@ duplicate, a producer sending one event twice: the last ``DEDUPE_WINDOW`` ids
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
+
+import orjson
 
 from model_core.config import EventWeights, FoldInConfig
 from model_core.events import Event, EventType
@@ -148,8 +149,8 @@ class UserHistory:
 
     def encode(self) -> bytes:
         """The changelog value: compact JSON (UTF-8)."""
-        return json.dumps(self.to_dict(), separators=(",", ":"), ensure_ascii=False).encode()
+        return orjson.dumps(self.to_dict())
 
     @classmethod
-    def decode(cls, user_id: str, data: bytes) -> "UserHistory":
-        return cls.from_dict(json.loads(data), user_id)
+    def decode(cls, user_id: str, data: bytes) -> UserHistory:
+        return cls.from_dict(orjson.loads(data), user_id)

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import json
 import time
+
+import orjson
 from dataclasses import asdict, dataclass
 
 from model_core.errors import BadInputError
@@ -80,11 +82,9 @@ def _decode_message(value: bytes | None, key: bytes | None, timestamp: float | N
         raise BadInputError(f"message of {len(value)} bytes is over the limit of {limits.max_message_bytes} "
                             "(FRESHREC_MAX_MESSAGE_BYTES)")
     try:
-        obj = json.loads(value)
-    except (ValueError, UnicodeDecodeError) as exc:
+        obj = orjson.loads(value)  # strict: no NaN/Infinity, no lone surrogates, depth <= 1024
+    except orjson.JSONDecodeError as exc:
         raise BadInputError(f"not valid JSON: {exc}") from None
-    except RecursionError:
-        raise BadInputError("not valid JSON: nested too deeply") from None
     if isinstance(obj, dict) and "command" in obj:
         cmd: Event | EraseCommand = _command(obj)
         user = cmd.user_id

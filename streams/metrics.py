@@ -1,7 +1,8 @@
-"""Worker metrics: counters, batch sizes, end-to-end latency percentiles, lag.
+"""Worker metrics through ``prometheus_client``: counters, a freshness histogram, gauges.
 
-Exposed as Prometheus text (``/metrics`` on the worker's web port) and as one
-log line every few seconds.
+Served as Prometheus text on ``/metrics`` (the worker's web port) and summed up
+in one log line every few seconds. Each ``Metrics`` has its own registry, so
+several in one process (tests) do not collide.
 """
 
 from __future__ import annotations
@@ -9,16 +10,22 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
-__all__ = ["Metrics"]
+__all__ = ["Metrics", "COUNTERS"]
 
-_COUNTERS = {
+disable_created_metrics()  # no *_created series: scrapers derive starts from uptime
+
+COUNTERS = {
     "events_in": "Event messages consumed",
-    "events_applied": "Events folded into a user's history (valid, not a replay)",
-    "events_duplicate": "Events skipped because their event_id was already applied",
+    "events_applied": "Events folded into a user's history (valid, not a re-delivery or a duplicate)",
+    "events_duplicate": "Events skipped: re-delivered (offset already applied) or an event_id sent twice",
     "dlq": "Messages sent to the dead-letter topic",
     "lists_out": "Recommendation lists published",
     "users_erased": "Users erased (state deleted, tombstone published)",
@@ -30,17 +37,23 @@ _COUNTERS = {
     "model_errors": "Model versions that could not be loaded (old one kept)",
 }
 
+FRESHNESS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
 
 @dataclass
 class Metrics:
-    """Thread-safe counters and a sliding window of latencies (ms)."""
+    """Thread-safe counters, a freshness histogram and a sliding window of latencies (ms).
+
+    Latency (freshness at the worker) is an event's broker timestamp to its list
+    being published.
+    """
 
     window: int = 10_000
-    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(_COUNTERS, 0))
     lag: int | None = None
     model_version: str = ""
     index_version: int = 0
     started: float = field(default_factory=time.time)
+    registry: CollectorRegistry = field(default_factory=lambda: CollectorRegistry(auto_describe=True))
     _latency_ms: deque[float] = field(init=False)
     _batch_sizes: deque[int] = field(init=False)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -48,17 +61,35 @@ class Metrics:
     def __post_init__(self) -> None:
         self._latency_ms = deque(maxlen=self.window)
         self._batch_sizes = deque(maxlen=1000)
+        self._counters = {name: Counter(f"freshrec_{name}", doc, registry=self.registry)
+                          for name, doc in COUNTERS.items()}
+        self._freshness = Histogram("freshrec_freshness_seconds", "Event broker timestamp to its list published",
+                                    buckets=FRESHNESS_BUCKETS, registry=self.registry)
+        self._batch_size = Histogram("freshrec_batch_size", "Events per micro-batch",
+                                     buckets=(1, 8, 32, 64, 128, 256, 512, 1024, 4096), registry=self.registry)
+        Gauge("freshrec_lag", "Events not yet consumed on this worker's partitions (reads low on the "
+              "embedded broker)", registry=self.registry).set_function(lambda: -1 if self.lag is None else self.lag)
+        Gauge("freshrec_index_version", "Version of the served item index",
+              registry=self.registry).set_function(lambda: self.index_version)
+        Gauge("freshrec_uptime_seconds", "Seconds since the worker started",
+              registry=self.registry).set_function(lambda: time.time() - self.started)
+        self.registry.register(_Derived(self))
 
     def inc(self, name: str, n: int = 1) -> None:
-        with self._lock:
-            self.counts[name] += n
+        self._counters[name].inc(n)
+
+    def count(self, name: str) -> int:
+        return int(self._counters[name]._value.get())
 
     def batch(self, size: int) -> None:
+        self._counters["batches"].inc()
+        self._batch_size.observe(size)
         with self._lock:
-            self.counts["batches"] += 1
             self._batch_sizes.append(size)
 
     def latencies(self, values_ms: list[float]) -> None:
+        for v in values_ms:
+            self._freshness.observe(v / 1000.0)
         with self._lock:
             self._latency_ms.extend(values_ms)
 
@@ -66,7 +97,7 @@ class Metrics:
         with self._lock:
             lat = np.fromiter(self._latency_ms, dtype=np.float64)
             sizes = list(self._batch_sizes)
-            snap: dict[str, float | int | str | None] = dict(self.counts)
+        snap: dict[str, float | int | str | None] = {name: self.count(name) for name in COUNTERS}
         snap["latency_p50_ms"] = round(float(np.percentile(lat, 50)), 1) if len(lat) else None
         snap["latency_p99_ms"] = round(float(np.percentile(lat, 99)), 1) if len(lat) else None
         snap["batch_size_mean"] = round(sum(sizes) / len(sizes), 1) if sizes else None
@@ -85,21 +116,25 @@ class Metrics:
             f"model={s['model_version']} index={s['index_version']}"
         )
 
-    def prometheus(self) -> str:
-        s = self.snapshot()
-        lines = []
-        for name, help_text in _COUNTERS.items():
-            lines += [f"# HELP freshrec_{name}_total {help_text}", f"# TYPE freshrec_{name}_total counter",
-                      f"freshrec_{name}_total {s[name]}"]
-        lines += ["# HELP freshrec_latency_ms Event arrival to list published (sliding window)",
-                  "# TYPE freshrec_latency_ms summary"]
-        if s["latency_p50_ms"] is not None:
-            lines += [f'freshrec_latency_ms{{quantile="0.5"}} {s["latency_p50_ms"]}',
-                      f'freshrec_latency_ms{{quantile="0.99"}} {s["latency_p99_ms"]}']
-        if s["lag"] is not None:
-            lines += ["# HELP freshrec_lag Events not yet consumed on this worker's partitions",
-                      "# TYPE freshrec_lag gauge", f"freshrec_lag {s['lag']}"]
-        lines += ["# TYPE freshrec_model_info gauge",
-                  f'freshrec_model_info{{model_version="{s["model_version"]}"}} 1',
-                  "# TYPE freshrec_index_version gauge", f"freshrec_index_version {s['index_version']}"]
-        return "\n".join(lines) + "\n"
+    def prometheus(self) -> bytes:
+        """The Prometheus text exposition of this worker's metrics."""
+        return generate_latest(self.registry)
+
+
+class _Derived(Collector):
+    """Values computed at scrape time: the latency window's quantiles and the model version."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        s = self.metrics.snapshot()
+        lat = GaugeMetricFamily("freshrec_latency_ms", "Event broker timestamp to list published, over the "
+                                "last 10,000 applied events", labels=["quantile"])
+        for q, key in (("0.5", "latency_p50_ms"), ("0.99", "latency_p99_ms")):
+            if s[key] is not None:
+                lat.add_metric([q], float(s[key]))  # type: ignore[arg-type]
+        yield lat
+        info = GaugeMetricFamily("freshrec_model_info", "The served model version", labels=["model_version"])
+        info.add_metric([str(s["model_version"])], 1.0)
+        yield info

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import faust
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from model_core.als import ALSModel, latest_model_dir
 from model_core.config import FoldInConfig
@@ -138,7 +139,7 @@ def build_app(settings: Settings, state: WorkerState) -> faust.App:
 
     @app.page("/metrics")
     async def prometheus(web: Any, request: Any) -> Any:
-        return web.text(metrics.prometheus(), content_type="text/plain")
+        return web.bytes(metrics.prometheus(), content_type=CONTENT_TYPE_LATEST.split(";")[0])
 
     @app.page("/health")
     async def liveness(web: Any, request: Any) -> Any:

@@ -187,8 +187,9 @@ def test_hostile_messages_are_dead_lettered_and_the_stream_goes_on(worker: Worke
     good = {"user_id": user, "item_id": "i1", "type": "view", "time": now - 60}
     hostile: list[tuple[bytes, str]] = [
         (b"[" * 100_000 + b"]" * 100_000, "over the limit"),
-        (b"[" * 30_000 + b"]" * 30_000, "nested too deeply"),
-        (json.dumps({**good, "quantity": 1e400}).replace("Infinity", "1e400").encode(), "quantity"),
+        (b"[" * 30_000 + b"]" * 30_000, "depth limit"),
+        (json.dumps({**good, "quantity": 1e400}).replace("Infinity", "1e400").encode(), "infinity"),
+        (json.dumps({**good, "quantity": 1e9}).encode(), "quantity"),
         (json.dumps({**good, "time": 1e12}).encode(), "broker time"),
         (json.dumps({**good, "time": 100}).encode(), "FRESHREC_MIN_EVENT_TIME"),
         (json.dumps({**good, "weight": 1e308}).encode(), "weight"),
