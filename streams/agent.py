@@ -1,6 +1,6 @@
 """The event agent: decode -> state -> model -> publish, one micro-batch at a time.
 
-Per micro-batch (``stream.take_events``):
+Per micro-batch (``streams.batching.take_batches``: one await per batch):
 
 1. decode + validate every message (``decode_message``, which raises nothing but
    BadInputError): a bad one goes to the dead-letter topic with the reason, and
@@ -38,6 +38,7 @@ import faust
 from model_core.errors import BadInputError
 from model_core.events import Event
 from model_core.state import UserHistory
+from streams.batching import take_batches
 from streams.codec import (
     EraseCommand,
     EventLimits,
@@ -123,7 +124,7 @@ class EventAgent:
         """The agent: never lets an exception out (Faust would restart it, but its stream would not resume)."""
         self.health.agent_running = True
         try:
-            async for batch in stream.take_events(self.settings.batch_size, within=self.settings.batch_within_s):
+            async for batch in take_batches(stream, self.settings.batch_size, self.settings.batch_within_s):
                 await self.process(batch)
                 self.health.progress()
         except asyncio.CancelledError:

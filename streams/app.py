@@ -6,8 +6,8 @@ from typing import Any
 
 import faust
 
-from streams.embedded import embedded_transport
 from streams.settings import Settings
+from streams.transport import transport_scheme
 
 __all__ = ["make_app"]
 
@@ -16,7 +16,7 @@ def make_app(settings: Settings, app_id: str | None = None) -> faust.App:
     """A Faust app configured from settings: transport and timeouts per profile, raw bytes
     in and out, no tables (freshrec keeps its own state, see streams.userstate)."""
     embedded = settings.profile == "embedded"
-    scheme = embedded_transport() if embedded else "kafka"
+    scheme = transport_scheme(embedded)
     extra: dict[str, Any] = {}
     if embedded:
         extra.update(broker_session_timeout=6, broker_heartbeat_interval=1, broker_rebalance_timeout=10)

@@ -17,15 +17,26 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import asdict, dataclass
 
 import orjson
-from dataclasses import asdict, dataclass
 
 from model_core.errors import BadInputError
 from model_core.events import Event, event_from_dict, event_from_json, event_to_json
 
-__all__ = ["SCHEMA", "Recommendation", "EventLimits", "EraseCommand", "decode_event", "decode_message",
-           "encode_event", "encode_erase", "encode_recommendation", "decode_recommendation", "dlq_record"]
+__all__ = [
+    "SCHEMA",
+    "EraseCommand",
+    "EventLimits",
+    "Recommendation",
+    "decode_event",
+    "decode_message",
+    "decode_recommendation",
+    "dlq_record",
+    "encode_erase",
+    "encode_event",
+    "encode_recommendation",
+]
 
 SCHEMA = 1
 

@@ -105,8 +105,7 @@ def run_demo(base: Settings, workdir: Path, synth: SynthConfig, *, train_fractio
         split = int(len(events) * train_fraction)
         replay_log = workdir / "replay.jsonl"
         with open(replay_log, "w") as f:
-            for ev in events[split:]:
-                f.write(event_to_json(ev) + "\n")
+            f.writelines(event_to_json(ev) + "\n" for ev in events[split:])
         _say(live, f"[2/5] generated {len(events)} events ({synth.users} users, {synth.items} items); "
                    f"training on the first {split}, replaying {len(events) - split}")
 

@@ -3,8 +3,8 @@
 Tansu's gaps (measured in shared/BROKER.md) and what freshrec does about them:
 
 - **Fetches are answered only when their wait expires.** Faust hard-codes a
-  1,500 ms fetch wait, so each hop waited ~0.4 s: ``kafka-embedded://`` is
-  Faust's aiokafka transport with a 100 ms wait (``embedded_transport``).
+  1,500 ms fetch wait, so each hop waited ~0.4 s: ``kafka-embedded://``
+  (``streams.transport``) waits 100 ms.
 - **Group joins wait for the whole session timeout.** The embedded profile
   shortens Faust's session, heartbeat and rebalance timeouts (``streams.app``)
   and confluent-kafka's (``streams.kafka.client_config``).
@@ -17,45 +17,9 @@ Tansu's gaps (measured in shared/BROKER.md) and what freshrec does about them:
 
 from __future__ import annotations
 
-from typing import Any
-
 import faust
 
-__all__ = ["EMBEDDED_FETCH_WAIT_MS", "embedded_transport", "lag"]
-
-EMBEDDED_FETCH_WAIT_MS = 100
-
-
-def embedded_transport() -> str:
-    """Register (once) and name the Faust transport with the short fetch wait."""
-    from faust.transport import drivers
-
-    if "kafka-embedded" not in drivers.TRANSPORTS.data:
-        drivers.TRANSPORTS.data["kafka-embedded"] = f"{__name__}:_EmbeddedTransport"
-    return "kafka-embedded"
-
-
-def _make_embedded_transport() -> Any:
-    from faust.transport.drivers import aiokafka as driver
-
-    class Thread(driver.AIOKafkaConsumerThread):  # type: ignore[misc]
-        def _create_worker_consumer(self, transport: Any) -> Any:
-            consumer = super()._create_worker_consumer(transport)
-            consumer._fetch_max_wait_ms = EMBEDDED_FETCH_WAIT_MS  # Faust hard-codes 1500 ms
-            return consumer
-
-    class Consumer(driver.Consumer):  # type: ignore[misc]
-        def _new_consumer_thread(self) -> Any:
-            return Thread(self, loop=self.loop, beacon=self.beacon)
-
-    class Transport(driver.Transport):  # type: ignore[misc]
-        pass
-
-    Transport.Consumer = Consumer
-    return Transport
-
-
-_EmbeddedTransport = _make_embedded_transport()
+__all__ = ["lag"]
 
 
 def lag(app: faust.App, topic: str) -> int | None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from model_core.errors import BadInputError, ConfigError, FreshrecError, ModelIncompatibleError
 
-__all__ = ["FreshrecError", "BadInputError", "ConfigError", "ModelIncompatibleError", "BrokerUnavailableError"]
+__all__ = ["BadInputError", "BrokerUnavailableError", "ConfigError", "FreshrecError", "ModelIncompatibleError"]
 
 
 class BrokerUnavailableError(FreshrecError):

@@ -8,7 +8,7 @@ from typing import Any
 from streams.errors import BrokerUnavailableError, ConfigError
 from streams.settings import Settings
 
-__all__ = ["client_config", "ensure_topics", "check_brokers", "topic_specs"]
+__all__ = ["check_brokers", "client_config", "ensure_topics", "topic_specs"]
 
 log = logging.getLogger(__name__)
 

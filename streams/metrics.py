@@ -14,11 +14,18 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-__all__ = ["Metrics", "COUNTERS"]
+__all__ = ["COUNTERS", "Metrics"]
 
 disable_created_metrics()  # no *_created series: scrapers derive starts from uptime
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from model_core.errors import ConfigError
 
-__all__ = ["Settings", "load_settings", "add_kafka_flags", "ON_ERROR"]
+__all__ = ["ON_ERROR", "Settings", "add_kafka_flags", "load_settings"]
 
 ON_ERROR = ("stop", "dlq")
 
@@ -131,7 +131,7 @@ class Settings:
         """The workers' per-user state changelog (one per consumer group; compacted)."""
         return f"{self.topic_prefix}.state.{self.group}"
 
-    def with_(self, **changes: Any) -> "Settings":
+    def with_(self, **changes: Any) -> Settings:
         """A copy with some settings changed (validated again)."""
         return replace(self, **changes)
 

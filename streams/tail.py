@@ -27,7 +27,6 @@ from collections.abc import Callable, Collection, Iterator
 from types import TracebackType
 from typing import Any
 
-from model_core.errors import BadInputError
 from streams.codec import Recommendation, decode_recommendation
 from streams.errors import BrokerUnavailableError
 from streams.kafka import client_config, ensure_topics
