@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import orjson
 
@@ -162,14 +162,19 @@ class Recommendation:
 
 
 def encode_recommendation(rec: Recommendation) -> bytes:
-    d = asdict(rec)
-    d["items"] = [{"item_id": i, "score": round(float(s), 6)} for i, s in rec.items]
-    return json.dumps(d, separators=(",", ":")).encode()
+    return orjson.dumps({
+        "user_id": rec.user_id,
+        "items": [{"item_id": i, "score": round(float(s), 6)} for i, s in rec.items],
+        "model_version": rec.model_version, "index_version": rec.index_version,
+        "events_applied": rec.events_applied, "last_event_id": rec.last_event_id,
+        "last_event_time": rec.last_event_time, "published_at": rec.published_at,
+        "last_event_at": rec.last_event_at, "schema": rec.schema,
+    })
 
 
 def decode_recommendation(value: bytes | str) -> Recommendation:
     try:
-        d = json.loads(value)
+        d = orjson.loads(value)
         if not isinstance(d, dict):
             raise BadInputError("recommendation message is not a JSON object")
         if d.get("schema") != SCHEMA:
