@@ -10,10 +10,11 @@ channel queue in bulk and keeps what matters for delivery guarantees:
   and messages that arrive while flow control is paused are dropped unprocessed
   and unacked, exactly as Faust's stream does, so they are delivered again to the
   partition's owner;
-- every message is tracked as unacked when taken and acked after the caller
-  processed the batch (when the caller's loop body finishes), so Faust commits
-  an offset only once its batch is done and a rebalance waits for the batch in
-  flight.
+- every message is tracked as unacked when taken and acked only after the
+  caller processed the batch (when it asks for the next one), never when the
+  caller raised or was cancelled, so Faust commits an offset only once its batch
+  is done (unlike ``take_events``, which acks in a ``finally``) and a rebalance
+  waits for the batch in flight.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ async def take_batches(stream: Any, max_: int, within: float) -> AsyncIterator[l
     ``stream`` is the agent's stream (``async def agent(stream)``); the events are
     Faust events (``event.message`` has key, value, topic, partition, offset,
     timestamp). Events are acked when the consumer of this generator asks for the
-    next batch (or closes it).
+    next batch; a batch whose loop body raised is never acked.
     """
     app = stream.app
     consumer = app.consumer
@@ -76,8 +77,8 @@ async def take_batches(stream: Any, max_: int, within: float) -> AsyncIterator[l
             events.append(event)
         if not events:
             continue
-        try:
-            yield events
-        finally:
-            for event in events:
-                event.message.ack(consumer)
+        yield events
+        # only a batch the caller finished is acked: if it raised or was cancelled (a SIGTERM
+        # mid-batch), the generator is closed at the yield and nothing is acked or committed
+        for event in events:
+            event.message.ack(consumer)

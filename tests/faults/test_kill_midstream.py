@@ -1,4 +1,4 @@
-"""kill -9 while events flow: every event is applied exactly once, with or without event ids.
+"""kill -9 (and SIGTERM) while events flow: every event is applied exactly once, with or without ids.
 
 A producer streams events at a steady rate while workers are killed (SIGKILL)
 at random moments and restarted; at the end every user's ``events_applied``
@@ -90,11 +90,12 @@ def _final_counts(settings: Settings, timeout: float) -> dict[str, int]:
         return {u: r.events_applied for u, r in client.latest.items()}
 
 
-@pytest.mark.parametrize("workers, with_ids", [(1, False), (2, False), (2, True)],
-                         ids=["one-worker-no-ids", "two-workers-no-ids", "two-workers-ids"])
+@pytest.mark.parametrize("workers, with_ids, how", [
+    (1, False, signal.SIGKILL), (2, False, signal.SIGKILL), (2, True, signal.SIGKILL), (1, False, signal.SIGTERM)],
+    ids=["one-worker-no-ids", "two-workers-no-ids", "two-workers-ids", "one-worker-sigterm"])
 def test_kill_9_while_events_flow_applies_every_event_once(
     broker: EmbeddedBroker, tmp_path: Path, start_worker: Callable[..., WorkerProcess], workers: int,
-    with_ids: bool,
+    with_ids: bool, how: signal.Signals,
 ) -> None:
     seed = int(os.environ.get("FRESHREC_FAULT_SEED", random.randrange(1 << 30)))
     rng = random.Random(seed)
@@ -107,7 +108,7 @@ def test_kill_9_while_events_flow_applies_every_event_once(
     for n in range(KILLS):
         time.sleep(rng.uniform(0.5, 3.0))
         victim = rng.randrange(len(running))
-        running[victim].stop(signal.SIGKILL)
+        running[victim].stop(how)
         killed.append((round(time.time(), 2), victim, done.is_set()))
         running[victim] = start_worker(settings, models, f"w{victim}-{n}")
     producer.join(120)
