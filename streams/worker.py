@@ -78,14 +78,21 @@ class WorkerState:
             return None
         return path if path.name > self.rec.model_version else None
 
-    def build_swap(self, path: Path) -> OnlineRecommender:
-        """Load and index a model version (in the compute thread)."""
-        assert self.rec is not None
+    def swap_to(self, path: Path) -> tuple[OnlineRecommender, OnlineRecommender]:
+        """Load, index and install a model version; returns (old, new).
+
+        Runs in the compute thread, like batches and catalog updates, so none of
+        them can land on the old model between the hand-over and the install.
+        """
+        old = self.rec
+        assert old is not None
         fresh = self._serve(ALSModel.load(path))
-        fresh.trending = self.rec.trending  # popularity is learned online: keep it
-        if self.rec.unavailable:
-            fresh.set_available(self.rec.unavailable, False)
-        return fresh
+        fresh.trending = old.trending  # popularity is learned online: keep it
+        if old.unavailable:
+            fresh.set_available(old.unavailable, False)
+        self.rec = fresh
+        self._note_versions()
+        return old, fresh
 
     def compute(
         self, events: list[Event], histories: dict[str, UserHistory]
@@ -120,17 +127,14 @@ def build_app(settings: Settings, state: WorkerState) -> faust.App:
             return
         loop = asyncio.get_running_loop()
         try:
-            fresh = await loop.run_in_executor(state.executor, state.build_swap, path)
+            old, fresh = await loop.run_in_executor(state.executor, state.swap_to, path)
         except FreshrecError as exc:
             state.bad_versions.add(path.name)
             metrics.inc("model_errors")
             log.error("model %s not loaded, still serving %s: %s", path.name, state.rec.model_version, exc)  # type: ignore[union-attr]
             return
-        old = state.rec
-        state.rec = fresh
-        state._note_versions()
         metrics.inc("model_swaps")
-        log.info("swapped model %s -> %s without a restart", old.model_version if old else None, fresh.model_version)
+        log.info("swapped model %s -> %s without a restart", old.model_version, fresh.model_version)
 
     @app.timer(settings.metrics_interval_s)
     async def report() -> None:

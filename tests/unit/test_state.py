@@ -99,3 +99,40 @@ def test_dict_round_trip(rows: list) -> None:
     back = UserHistory.decode("u", h.encode())
     assert back.to_dict() == h.to_dict()
     assert back.weighted_items(cfg) == h.weighted_items(cfg)
+
+
+def test_position_skips_redelivered_messages_without_event_ids() -> None:
+    cfg = FoldInConfig()
+    h = UserHistory("u")
+    assert h.add(ev("a", 1.0), W, cfg, (0, 10))
+    assert h.add(ev("b", 2.0), W, cfg, (0, 11))
+    assert not h.add(ev("a", 1.0), W, cfg, (0, 10))  # re-delivered after a crash: nothing changes
+    assert not h.add(ev("b", 2.0), W, cfg, (0, 11))
+    assert h.add(ev("c", 3.0), W, cfg, (0, 12))
+    assert h.events_applied == 3 and h.position == (0, 12)
+    # another partition (topic re-partitioned): offsets are not comparable, so it is applied
+    assert h.add(ev("d", 4.0), W, cfg, (3, 5))
+    assert h.events_applied == 4 and h.position == (3, 5)
+
+
+def test_producer_duplicates_are_caught_by_event_id_within_the_window() -> None:
+    from model_core.state import DEDUPE_WINDOW
+
+    cfg = FoldInConfig()
+    h = UserHistory("u")
+    assert h.add(ev("a", 1.0, eid="e0"), W, cfg, (0, 0))
+    assert not h.add(ev("a", 1.0, eid="e0"), W, cfg, (0, 1))  # the same event sent twice
+    for j in range(1, DEDUPE_WINDOW + 1):
+        assert h.add(ev("b", 1.0 + j, eid=f"e{j}"), W, cfg, (0, 1 + j))
+    assert h.add(ev("a", 1.0, eid="e0"), W, cfg, (0, 100))  # out of the window: bounded memory
+
+
+def test_changelog_value_stays_small() -> None:
+    """A full history (50 items) with many events: about 2 kB, however many events were applied."""
+    cfg = FoldInConfig()
+    h = UserHistory("u")
+    for j in range(2000):
+        h.add(ev(f"item-{j % 80}", 1_700_000_000.0 + j, eid=f"event-{j:08d}"), W, cfg, (1, j))
+    assert len(h.encode()) < 2500
+    back = UserHistory.decode("u", h.encode())
+    assert back.position == (1, 1999) and back.events_applied == 2000 and back.to_dict() == h.to_dict()
