@@ -4,7 +4,7 @@ Tansu's gaps (measured in shared/BROKER.md) and what freshrec does about them:
 
 - **Fetches are answered only when their wait expires.** Faust hard-codes a
   1,500 ms fetch wait, so each hop waited ~0.4 s: ``kafka-embedded://``
-  (``streams.transport``) waits 100 ms.
+  (``streams.transport``) and the confluent-kafka clients wait 20 ms.
 - **Group joins wait for the whole session timeout.** The embedded profile
   shortens Faust's session, heartbeat and rebalance timeouts (``streams.app``)
   and confluent-kafka's (``streams.kafka.client_config``).

@@ -7,6 +7,7 @@ from typing import Any
 
 from streams.errors import BrokerUnavailableError, ConfigError
 from streams.settings import Settings
+from streams.transport import EMBEDDED_FETCH_WAIT_MS
 
 __all__ = ["check_brokers", "client_config", "ensure_topics", "topic_specs"]
 
@@ -30,7 +31,8 @@ def client_config(settings: Settings, role: str, **extra: Any) -> dict[str, Any]
     elif role == "consumer":
         conf.update({"enable.auto.commit": True, "auto.offset.reset": "earliest"})
         if settings.profile == "embedded":
-            conf.update({"fetch.wait.max.ms": 50, "session.timeout.ms": 6000, "heartbeat.interval.ms": 1000})
+            conf.update({"fetch.wait.max.ms": EMBEDDED_FETCH_WAIT_MS, "session.timeout.ms": 6000,
+                         "heartbeat.interval.ms": 1000})
     elif role != "admin":
         raise ConfigError(f"unknown client role {role!r}")
     conf.update(extra)

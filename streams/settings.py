@@ -55,8 +55,9 @@ class Settings:
     """Item index: flat (exact), ivf, hnsw, ivf-sq8 or ivf-pq (approximate, faster) (FRESHREC_INDEX)."""
     batch_size: int = 256
     """Events per micro-batch (FRESHREC_BATCH_SIZE)."""
-    batch_within_s: float = 0.05
-    """Longest wait to fill a micro-batch, seconds (FRESHREC_BATCH_WITHIN_S)."""
+    batch_within_s: float = 0.02
+    """Longest wait to fill a micro-batch after its first event, seconds; bounds the freshness a
+    batch adds (under a backlog batches fill at once) (FRESHREC_BATCH_WITHIN_S)."""
     model_poll_s: float = 5.0
     """How often the worker looks for a newer model version, seconds (FRESHREC_MODEL_POLL_S)."""
     metrics_interval_s: float = 5.0
