@@ -63,11 +63,12 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 
 def _add_foldin_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("fold-in (how recent history becomes the user's embedding)")
-    g.add_argument("--history", type=int, default=None, help="distinct recent items kept per user (default 50)")
-    g.add_argument("--half-life", type=float, default=None, metavar="SECONDS",
-                   help="event-time half-life of an event's weight; 0 = none (default 3600)")
-    g.add_argument("--position-decay", type=float, default=None,
-                   help="weight factor per step back in the user's item order (default 0.5)")
+    g.add_argument("--history", dest="history_size", type=int, default=None,
+                   help="distinct recent items kept per user (FRESHREC_HISTORY_SIZE; default 50)")
+    g.add_argument("--half-life", dest="half_life_s", type=float, default=None, metavar="SECONDS",
+                   help="event-time half-life of an event's weight; 0 = none (FRESHREC_HALF_LIFE_S; default 3600)")
+    g.add_argument("--position-decay", dest="position_decay", type=float, default=None,
+                   help="weight factor per step back in the user's item order (FRESHREC_POSITION_DECAY; default 0.5)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -170,10 +171,7 @@ def _als_config(args: argparse.Namespace) -> ALSConfig:
 
 
 def _foldin_config(args: argparse.Namespace) -> FoldInConfig:
-    from model_core.config import FoldInConfig
-
-    fields = {"history_size": args.history, "half_life_s": args.half_life, "position_decay": args.position_decay}
-    return FoldInConfig(**{k: v for k, v in fields.items() if v is not None})
+    return _settings(args).foldin  # flags, then FRESHREC_* variables, then defaults
 
 
 def _read_logs(args: argparse.Namespace) -> Iterator[Event]:
@@ -212,6 +210,8 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
         ordered = sorted(events, key=lambda e: e.time)
         events = iter(ordered[: max(1, int(len(ordered) * args.fraction))])
     model = train_als(events, config, device=settings.device, progress=settings.progress)
+    # the serving settings this version was trained with; a worker says when it serves it otherwise
+    model.metadata["serving"] = {"foldin": settings.foldin.to_dict(), "index": settings.index}
     path = model.save(args.out)
     md = model.metadata
     print(f"model {model.version}: {md['n_users']} users x {md['n_items']} items from {md['n_events']} events, "
@@ -258,7 +258,7 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     from streams.worker import run_worker
 
     log.info("settings: %s", settings.describe())
-    return run_worker(settings, settings.model_dir, foldin=_foldin_config(args))
+    return run_worker(settings, settings.model_dir)
 
 
 def _module_command(name: str) -> Callable[[argparse.Namespace, Settings], int]:

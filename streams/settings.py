@@ -16,6 +16,7 @@ import os
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
+from model_core.config import FoldInConfig
 from model_core.errors import ConfigError
 
 __all__ = ["ON_ERROR", "Settings", "add_kafka_flags", "load_settings"]
@@ -53,6 +54,12 @@ class Settings:
     """Length of each published list (FRESHREC_K)."""
     index: str = "flat"
     """Item index: flat (exact), ivf, hnsw, ivf-sq8 or ivf-pq (approximate, faster) (FRESHREC_INDEX)."""
+    history_size: int = 50
+    """Distinct recent items kept per user (FRESHREC_HISTORY_SIZE)."""
+    half_life_s: float = 3600.0
+    """Event-time half-life of an event's weight in the fold-in, seconds; 0 = none (FRESHREC_HALF_LIFE_S)."""
+    position_decay: float = 0.5
+    """Fold-in weight factor per step back in the user's item order (FRESHREC_POSITION_DECAY)."""
     batch_size: int = 256
     """Events per micro-batch (FRESHREC_BATCH_SIZE)."""
     batch_within_s: float = 0.02
@@ -108,8 +115,14 @@ class Settings:
         for name in ("batch_within_s", "model_poll_s", "metrics_interval_s", "health_stall_s", "max_future_s"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name}={getattr(self, name)} must be > 0 (FRESHREC_{name.upper()})")
+        self.foldin  # noqa: B018 - validates history_size, half_life_s, position_decay (ConfigError)
         if not 0 <= self.web_port < 65536:
             raise ConfigError(f"web_port={self.web_port} is not a port (FRESHREC_WEB_PORT)")
+
+    @property
+    def foldin(self) -> FoldInConfig:
+        """The fold-in settings as model_core's config (validated there)."""
+        return FoldInConfig(self.history_size, self.half_life_s, self.position_decay)
 
     @property
     def events_topic(self) -> str:

@@ -59,6 +59,12 @@ class WorkerState:
                  model.config.factors, self.rec.device, latest_model_dir(self.model_root))
 
     def _serve(self, model: ALSModel) -> OnlineRecommender:
+        serving = {"foldin": self.foldin.to_dict(), "index": self.settings.index}
+        trained = model.metadata.get("serving")
+        log.info("model %s: fold-in %s, index %s", model.version, serving["foldin"], serving["index"])
+        if trained is not None and trained != serving:
+            log.warning("model %s was trained with serving settings %s; serving it with %s", model.version,
+                        trained, serving)
         return OnlineRecommender(model, self.foldin, IndexConfig(kind=self.settings.index),  # type: ignore[arg-type]
                                  device=self.settings.device)
 
@@ -179,7 +185,7 @@ def build_app(settings: Settings, state: WorkerState) -> faust.App:
 def run_worker(settings: Settings, model_root: str | Path, *, foldin: FoldInConfig | None = None) -> int:
     """Create topics, load the model, and run one worker until SIGTERM/SIGINT."""
     ensure_topics(settings)
-    state = WorkerState(settings, Path(model_root), foldin or FoldInConfig(), health=Health(settings.health_stall_s))
+    state = WorkerState(settings, Path(model_root), foldin or settings.foldin, health=Health(settings.health_stall_s))
     state.load_initial()
     state.health.model_loaded = True
     app = build_app(settings, state)
