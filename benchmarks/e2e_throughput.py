@@ -14,6 +14,8 @@ One run, one embedded broker (Tansu, started here), one replayed backlog:
 2. **ceiling**: ``benchmarks._ceiling_agent`` (the worker's own Faust app from
    ``streams.app.make_app``, an agent that only ``take_events`` and counts) drains the
    backlog in its own consumer group: events/s from its first to its last batch.
+   It runs ``--ceiling-runs`` times (default 3; the median counts): on a shared 2-core
+   machine one short drain varies by tens of per cent.
 3. **workers**: ``--workers`` ``freshrec worker`` processes in a fresh group drain the same
    backlog: events/s from the first applied event to the last (``/metrics``
    ``freshrec_events_applied_total``, summed over workers, scraped every 0.2 s).
@@ -237,11 +239,12 @@ def produce_backlog(settings: Settings, backlog: list[Event]) -> float:
     return time.time() - t
 
 
-def run_ceiling(settings: Settings, n: int, procs: Procs, workdir: Path, profile: str | None) -> dict[str, Any]:
-    group = f"{settings.group}-ceiling"
-    status = workdir / "ceiling.json"
+def run_ceiling(settings: Settings, n: int, procs: Procs, workdir: Path, profile: str | None,
+                run: int = 0) -> dict[str, Any]:
+    group = f"{settings.group}-ceiling{run}"  # a fresh group: reads the backlog from the start
+    status = workdir / f"ceiling{run}.json"
     env = proc_env(settings, web_port=free_port())
-    log = workdir / "ceiling.log"
+    log = workdir / f"ceiling{run}.log"
     t_start = time.time()
     proc = procs.start([sys.executable, "-m", "benchmarks._ceiling_agent", group, str(n), str(status)], env, log)
     spy = None
@@ -386,6 +389,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--partitions", type=int, default=4, help="partitions of the run's topics (default 4)")
     ap.add_argument("--rate", type=float, default=1000.0, help="freshness phase: events/s (default 1000)")
     ap.add_argument("--freshness-seconds", type=float, default=20.0, help="freshness phase length (default 20)")
+    ap.add_argument("--ceiling-runs", type=int, default=3,
+                    help="ceiling drains of the backlog, each in a fresh group; the median counts (default 3)")
     ap.add_argument("--device", default="cpu", help="worker device (default cpu)")
     ap.add_argument("--seed", type=int, default=0, help="synthetic log seed (default 0)")
     ap.add_argument("--json", default="benchmarks/results/e2e_throughput.json", help="output JSON path")
@@ -399,6 +404,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--workers must be between 1 and --partitions ({args.partitions})")
 
     t_run = time.time()
+    load_start = os.getloadavg()
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="freshrec-e2e-"))
     workdir.mkdir(parents=True, exist_ok=True)
     say(f"workdir {workdir}")
@@ -424,7 +430,10 @@ def main(argv: list[str] | None = None) -> int:
             say(f"backlog: {len(backlog)} events produced to {settings.events_topic} in {produce_s:.1f}s")
 
             # -- (a) the ceiling --------------------------------------------------------------
-            ceiling = run_ceiling(settings, len(backlog), procs, workdir, args.profile_ceiling)
+            ceilings = [run_ceiling(settings, len(backlog), procs, workdir, args.profile_ceiling if r == 0 else None, r)
+                        for r in range(args.ceiling_runs)]
+            ceiling = dict(min(ceilings, key=lambda c: abs(c["ev_s"] - statistics.median(x["ev_s"] for x in ceilings))))
+            ceiling["runs_ev_s"] = [c["ev_s"] for c in ceilings]
 
             # -- (b) the workers drain the same backlog -----------------------------------------
             ports = [free_port() for _ in range(args.workers)]
@@ -487,7 +496,7 @@ def main(argv: list[str] | None = None) -> int:
             changelog = read_changelog(settings)
             for w in workers:
                 procs.stop(w)
-            rebalances = sum(Path(workdir / f"worker{i}.log").read_text(errors="replace").count("Assigned")
+            rebalances = sum(Path(workdir / f"worker{i}.log").read_text(errors="replace").count("Successfully synced group")
                              for i in range(args.workers))
 
             out = {
@@ -519,10 +528,12 @@ def main(argv: list[str] | None = None) -> int:
                 "worker_latency_ms": [{"p50": m.get('freshrec_latency_ms{quantile="0.5"}'),
                                        "p99": m.get('freshrec_latency_ms{quantile="0.99"}')} for m in final_metrics],
                 "changelog": changelog,
-                "partition_assignments_logged": rebalances,
+                "group_generations_synced": rebalances,
                 "backlog_produce_s": round(produce_s, 2), "train_s": round(train_s, 1),
                 "seconds": round(time.time() - t_run, 1),
                 "git_commit": git_commit(), "cpu_count": os.cpu_count(),
+                # 1-min load average at the start and the end: other processes share these CPUs
+                "loadavg_1m": [round(load_start[0], 2), round(os.getloadavg()[0], 2)],
                 "machine": {"python": platform.python_version(), "processor": platform.processor() or platform.machine()},
                 "command": " ".join(["python -m benchmarks.e2e_throughput", *(argv if argv is not None else sys.argv[1:])]),
             }
@@ -533,7 +544,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"""
 freshrec end-to-end throughput  ({out['events']} backlog events, {out['items']} items / {out['model_items']} indexed, \
 {out['users']} users, {out['partitions']} partitions, {out['cpu_count']} CPUs)
-  ceiling (empty Faust agent, worker's app)   {out['ceiling_ev_s']:>10.1f} ev/s
+  ceiling (empty Faust agent, worker's app)   {out['ceiling_ev_s']:>10.1f} ev/s  (median of {out['ceiling']['runs_ev_s']})
   {out['workers']} worker(s) draining the backlog          {out['worker_ev_s']:>10.1f} ev/s
   ratio worker / ceiling                      {out['ratio']:>10.3f}
   freshness at {args.rate:.0f} ev/s  p50 / p99          {out['freshness_ms']['p50']} / {out['freshness_ms']['p99']} ms \
@@ -541,7 +552,7 @@ freshrec end-to-end throughput  ({out['events']} backlog events, {out['items']} 
   peak RSS per worker                         {out['rss_mb']} MB
   changelog bytes per user (latest record)    {out['changelog_bytes_per_user']} ({out['changelog']['users']} users, \
 {out['changelog']['records']} records, {out['changelog']['bytes_total']} bytes written)
-  run {out['seconds']} s; results in {args.json}{'  (PROFILED: py-spy ran during the drain)' if out['profiled'] else ''}""")
+  run {out['seconds']} s, load average {out['loadavg_1m']} on {out['cpu_count']} CPUs; results in {args.json}{'  (PROFILED: py-spy ran during the drain)' if out['profiled'] else ''}""")
     if profile_text:
         print("\n".join(profile_text.splitlines()[:30]))
     return 0
