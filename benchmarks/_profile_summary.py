@@ -35,12 +35,52 @@ def _parse(frame: str) -> tuple[str, str]:
     return f"{m['func']} ({file})", f"{file}:{m['line']}" if m["line"] else file
 
 
+# Steps of a freshrec worker, matched from the sampled stack's leaf upwards: the first frame that
+# matches a pattern names the step (so time in asyncio/json/numpy counts for the caller that asked).
+STEPS: list[tuple[str, tuple[str, ...]]] = [
+    ("compute: exact index search (model_core/index)", ("model_core/index/",)),
+    ("compute: fold-in solve (model_core/foldin.py)", ("model_core/foldin.py",)),
+    ("compute: other (observe, trending, padding)", ("model_core/online.py", "WorkerState.compute")),
+    ("publish: encode lists (encode_recommendation)", ("encode_recommendation",)),
+    ("publish: encode user state (UserHistory.encode)", ("UserHistory.encode",)),
+    ("decode + validate messages (streams/codec.py)", ("decode_message", "event_from_dict")),
+    ("user state: load / apply (model_core/state, streams/userstate)", ("model_core/state.py", "streams/userstate.py")),
+    ("Kafka client (aiokafka: produce requests, sockets, fetch)", ("aiokafka/",)),
+    ("Faust send path (Topic.send, producer buffer)", ("Topic.send", "Topic.publish_message", "Channel._send_now",
+                                                       "faust/transport/producer", "Producer.send (faust")),
+    ("web: /metrics scrapes (aiohttp)", ("aiohttp/", "faust/web/")),
+    ("agent: EventAgent.process own code", ("streams/agent.py",)),
+    ("Faust/mode consume + stream machinery", ("faust/", "mode/")),
+    ("benchmark ceiling agent own code (count)", ("_ceiling_agent.py",)),
+]
+_NOISE = ("asyncio/", "threading.py", "concurrent/futures/", "<frozen", "selectors.py", "mode/worker.py",
+          "streams/cli.py", "run_worker (", "main (_ceiling_agent", "<module> (_ceiling_agent")
+
+
+_ENTRY = ("mode/worker.py", "streams/cli.py", "run_worker (", "main (", "<module> (", "_run_code (",
+          "_run_module_as_main (")
+
+
+def _step(funcs: list[str]) -> str:
+    for func in reversed(funcs):
+        if func.startswith(_ENTRY) or any(e in func for e in _ENTRY[:3]):
+            continue  # the process's entry point is on every stack of the main thread
+        for name, patterns in STEPS:
+            if any(pat in func for pat in patterns):
+                return name
+    leaf = funcs[-1] if funcs else ""
+    if "selectors.py" in leaf or "asyncio/" in leaf:
+        return "asyncio event loop itself (select, callbacks)"
+    return "other"
+
+
 def summarize(folded: str, *, rate: float, seconds: float, events: int, top: int = 25, title: str = "") -> str:
     own: Counter[str] = Counter()
     total: Counter[str] = Counter()
     own_lines: dict[str, Counter[str]] = defaultdict(Counter)
     threads: Counter[str] = Counter()
     own_thread: dict[str, Counter[str]] = defaultdict(Counter)
+    steps: Counter[str] = Counter()
     samples = 0
     for raw in folded.splitlines():
         stack, _, n = raw.rpartition(" ")
@@ -63,20 +103,28 @@ def summarize(folded: str, *, rate: float, seconds: float, events: int, top: int
         own_thread[leaf][thread] += count
         for func in {p[0] for p in parsed}:
             total[func] += count
+        steps[_step([p[0] for p in parsed])] += count
     wall = rate * seconds
     us = (lambda c: c / rate / events * 1e6) if events > 0 else (lambda c: float("nan"))
     out = [f"# {title}" if title else "# py-spy profile",
-           f"# {seconds:.1f} s sampled at {rate:.0f} Hz (py-spy --threads --nonblocking, idle samples dropped), "
-           f"{samples} busy samples, {events} events in the window",
-           f"# busy CPU per event, all threads: {us(samples):.0f} us "
-           f"(={samples / rate:.2f} CPU-s / {events} events)", "",
+           (f"# {seconds:.1f} s sampled at {rate:.0f} Hz (py-spy --threads --nonblocking, idle samples dropped), "
+            f"{samples} busy samples, {events} events in the window"),
+           (f"# busy CPU per event, all threads: {us(samples):.0f} us "
+            f"(={samples / rate:.2f} CPU-s / {events} events)"), "",
            "## threads: busy share of wall time"]
     for t, c in threads.most_common():
         out.append(f"  {100 * c / wall:6.1f}%  {us(c):8.1f} us/event  {t}")
-    for name, counter in (("own (self) time", own), ("total (inclusive) time", total)):
+    out += ["", "## where the time goes, by step (leaf-up match, see STEPS in benchmarks/_profile_summary.py)",
+            f"  {'%':>6}  {'us/ev':>8}  step"]
+    for name, c in steps.most_common():
+        out.append(f"  {100 * c / max(samples, 1):6.1f}  {us(c):8.1f}  {name}")
+    for name, counter in (("own (self) time", own),
+                          ("total (inclusive) time, without stdlib/entry-point frames", total)):
         out += ["", f"## top {top} functions by {name}: % of busy samples, us per event",
                 f"  {'%':>6}  {'us/ev':>8}  function (file) @ hottest line [thread]"]
-        for func, c in counter.most_common(top):
+        ranked = [(f, c) for f, c in counter.most_common()
+                  if counter is own or not any(n in f for n in _NOISE)][:top]
+        for func, c in ranked:
             line = own_lines[func].most_common(1)[0][0] if own_lines.get(func) else ""
             thread = own_thread[func].most_common(1)[0][0] if own_thread.get(func) else ""
             out.append(f"  {100 * c / max(samples, 1):6.1f}  {us(c):8.1f}  {func}"

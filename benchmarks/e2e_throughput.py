@@ -55,14 +55,14 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # `python benchmarks/e2e_throughput.py` from anywhere
     sys.path.insert(0, str(ROOT))
 
-from model_core.als import train_als  # noqa: E402
-from model_core.config import ALSConfig  # noqa: E402
-from model_core.events import Event, EventType  # noqa: E402
-from model_core.synth import SynthConfig, generate_events  # noqa: E402
-from streams.broker import EmbeddedBroker, free_port  # noqa: E402
-from streams.codec import encode_event  # noqa: E402
-from streams.kafka import client_config, ensure_topics  # noqa: E402
-from streams.settings import Settings, load_settings  # noqa: E402
+from model_core.als import train_als
+from model_core.config import ALSConfig
+from model_core.events import Event, EventType
+from model_core.synth import SynthConfig, generate_events
+from streams.broker import EmbeddedBroker, free_port
+from streams.codec import encode_event
+from streams.kafka import client_config, ensure_topics
+from streams.settings import Settings, load_settings
 
 DAY = 86400.0
 
@@ -75,7 +75,7 @@ def pct(values: list[float], q: float) -> float | None:
     if not values:
         return None
     s = sorted(values)
-    return round(s[min(len(s) - 1, int(round(q / 100 * (len(s) - 1))))], 1)
+    return round(s[min(len(s) - 1, round(q / 100 * (len(s) - 1)))], 1)
 
 
 # ---------------------------------------------------------------------- processes
@@ -371,13 +371,14 @@ def freshness(settings: Settings, fresh: list[Event], rate: float, ports: list[i
 
 
 def git_commit() -> str | None:
+    def git(*cmd: str) -> str:
+        return subprocess.run(["git", *cmd], cwd=ROOT, capture_output=True, text=True, check=False).stdout.strip()
+
     try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                               capture_output=True, text=True).stdout.strip()
-        return head + ("-dirty" if dirty else "") if head else None
+        head, dirty = git("rev-parse", "HEAD"), git("status", "--porcelain", "--untracked-files=no")
     except OSError:
         return None
+    return head + ("-dirty" if dirty else "") if head else None
 
 
 def main(argv: list[str] | None = None) -> int:
