@@ -381,6 +381,10 @@ def git_commit() -> str | None:
     return head + ("-dirty" if dirty else "") if head else None
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # SIGTERM cleans up like Ctrl-C: workers, agents, profilers, broker
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--items", type=int, default=100_000, help="catalogue size (default 100000)")
@@ -560,6 +564,9 @@ freshrec end-to-end throughput  ({out['events']} backlog events, {out['items']} 
 
 
 if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, _interrupt)
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:  # started in the background by a shell
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         sys.exit(main())
     except KeyboardInterrupt:
