@@ -60,6 +60,22 @@ def speed() -> None:
              if "scored_fraction" in r["ann"]["flat"] else ""))
 
 
+def e2e() -> None:
+    runs = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("e2e_throughput*.json"))]
+    runs = sorted((r for r in runs if r.get("worker_ev_s")), key=lambda r: r["workers"])
+    if not runs:
+        return
+    print("| workers | ceiling ev/s | workers ev/s | ratio | freshness p50 / p99 ms | peak RSS MB | "
+          "changelog bytes/user | load avg |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in runs:  # load avg: 1-min load average when the run started (others share the CPUs)
+        f = r["freshness_ms"]
+        print(f"| {r['workers']} | {r['ceiling_ev_s']:,.0f} | {r['worker_ev_s']:,.0f} | {r['ratio']:.3f} | "
+              f"{f['p50']:,.0f} / {f['p99']:,.0f} | {' + '.join(f'{m:.0f}' for m in r['rss_mb'])} | "
+              f"{r['changelog_bytes_per_user']:.0f} | {r.get('loadavg_1m', ['–'])[0]} |")
+
+
 if __name__ == "__main__":
     quality()
     speed()
+    e2e()

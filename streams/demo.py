@@ -45,7 +45,8 @@ def add_parser(sub: Any) -> None:
         "demo", help="run the whole pipeline on this machine (broker, data, worker, live lists)",
         description="Start the embedded broker, generate a synthetic shop log, train on its first part, start a "
         "worker, replay the rest at a steady rate and show recommendation lists updating live; then stop "
-        "everything cleanly and print a summary (events produced/applied, DLQ, lists, latency p50/p99).",
+        "everything cleanly and print a summary (events produced/applied, DLQ, lists, latency p50/p99, "
+        "freshness p50/p99 at the subscriber: list received - broker time of the newest event it reflects).",
     )
     p.add_argument("--users", type=int, default=2000, help="synthetic users (default 2000)")
     p.add_argument("--items", type=int, default=1000, help="synthetic items (default 1000)")
@@ -86,6 +87,14 @@ def _scrape(port: int) -> dict[str, float]:
             except ValueError:
                 continue
     return out
+
+
+def _percentile(values: list[float], q: float) -> float | None:
+    """The q-th percentile (nearest rank), rounded to 0.1; None when empty."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return round(ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))], 1)
 
 
 def _say(live: bool, text: str) -> None:
@@ -162,12 +171,15 @@ def _stream(settings: Settings, replay_log: Path, rate: float, worker: subproces
     producer.start()
     _say(live, f"[5/5] replaying at {rate:.0f} events/s; lists as they arrive (Ctrl-C stops early):")
     last_print, total, last_list = 0.0, 0, started
+    fresh_ms: list[float] = []
     try:
         while True:
             rec = client.poll(0.2)
             now = time.time()
             if rec is not None:
                 total, last_list = total + 1, now
+                if rec.last_event_at is not None:  # freshness as this subscriber sees it
+                    fresh_ms.append((now - rec.last_event_at) * 1000.0)
                 if live and now - last_print >= 1.0:
                     last_print = now
                     top = ", ".join(i for i in rec.item_ids[:5])
@@ -198,6 +210,7 @@ def _stream(settings: Settings, replay_log: Path, rate: float, worker: subproces
         "lists_published": int(metrics.get("freshrec_lists_out_total", 0)),
         "latency_ms": {"p50": metrics.get('freshrec_latency_ms{quantile="0.5"}'),
                        "p99": metrics.get('freshrec_latency_ms{quantile="0.99"}')},
+        "freshness_ms": {"p50": _percentile(fresh_ms, 50), "p99": _percentile(fresh_ms, 99)},
         "events_per_s": round(sent / elapsed, 1) if elapsed > 0 else None,
         "model_version": model_version,
     }

@@ -21,4 +21,6 @@ def test_demo_applies_every_event_and_reports(tmp_path: Path) -> None:
     assert 0 < summary["users_with_lists"] <= 300
     assert summary["lists_published"] >= summary["users_with_lists"]
     assert summary["latency_ms"]["p50"] is not None and summary["latency_ms"]["p50"] <= summary["latency_ms"]["p99"]
+    fresh = summary["freshness_ms"]  # received - last_event_at at the demo's subscriber
+    assert fresh["p50"] is not None and 0 < fresh["p50"] <= fresh["p99"]
     assert summary["events_per_s"] > 0 and summary["model_version"]
