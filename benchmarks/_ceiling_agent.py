@@ -1,12 +1,13 @@
 """The throughput ceiling of a freshrec worker: the worker's own Faust app, with an agent that does nothing.
 
-    FRESHREC_...=... python -m benchmarks._ceiling_agent GROUP N STATUS_FILE
+    FRESHREC_...=... python -m benchmarks._ceiling_agent GROUP N STATUS_FILE [stock]
 
 Builds the app with ``streams.app.make_app(settings, app_id=GROUP)`` (the worker's exact
 Faust settings: transport, timeouts, serializers, web server), consumes
-``settings.events_topic`` with ``stream.take_events(settings.batch_size,
-within=settings.batch_within_s)`` exactly as ``streams.agent.EventAgent.run`` does, and
-only counts. STATUS_FILE gets a JSON line ``{"count", "first", "last", "first_batch"}``
+``settings.events_topic`` with ``take_batches(stream, settings.batch_size,
+settings.batch_within_s)`` exactly as ``streams.agent.EventAgent.run`` does, and only
+counts. With ``stock``: Faust's own ``kafka://`` transport and ``stream.take_events``
+(what a plain Faust agent gets), for comparison. STATUS_FILE gets a JSON line ``{"count", "first", "last", "first_batch"}``
 (wall-clock seconds of the first and the latest batch) about every 0.5 s and at once
 when N events have been consumed (``"done": true``). Runs until SIGTERM/SIGINT.
 Started by ``benchmarks/e2e_throughput.py``.
@@ -27,9 +28,12 @@ def main(argv: list[str]) -> int:
     from streams.app import make_app
     from streams.settings import load_settings
 
+    from streams.batching import take_batches
+
     group, target, status_path = argv[0], int(argv[1]), argv[2]
+    stock = argv[3:] == ["stock"]
     settings = load_settings()
-    app = make_app(settings, app_id=group)
+    app = make_app(settings, app_id=group, stock=stock)
     topic = app.topic(settings.events_topic, key_serializer="raw", value_serializer="raw")
     st: dict[str, Any] = {"count": 0, "first": None, "last": None, "first_batch": 0, "done": False}
     written = [0.0]
@@ -42,7 +46,9 @@ def main(argv: list[str]) -> int:
         written[0] = time.time()
 
     async def ceiling(stream: Any) -> None:
-        async for batch in stream.take_events(settings.batch_size, within=settings.batch_within_s):
+        batches = (stream.take_events(settings.batch_size, within=settings.batch_within_s) if stock
+                   else take_batches(stream, settings.batch_size, settings.batch_within_s))
+        async for batch in batches:
             now = time.time()
             if st["first"] is None:
                 st["first"], st["first_batch"] = now, len(batch)

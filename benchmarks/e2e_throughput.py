@@ -12,7 +12,7 @@ One run, one embedded broker (Tansu, started here), one replayed backlog:
    ``--events`` events, their times mapped into the last day, are produced to a fresh
    events topic (key = user_id, ``streams.codec.encode_event``) before anything consumes.
 2. **ceiling**: ``benchmarks._ceiling_agent`` (the worker's own Faust app from
-   ``streams.app.make_app``, an agent that only ``take_events`` and counts) drains the
+   ``streams.app.make_app``, an agent that only takes batches and counts) drains the
    backlog in its own consumer group: events/s from its first to its last batch.
    It runs ``--ceiling-runs`` times (default 3; the median counts): on a shared 2-core
    machine one short drain varies by tens of per cent.
@@ -240,13 +240,14 @@ def produce_backlog(settings: Settings, backlog: list[Event]) -> float:
 
 
 def run_ceiling(settings: Settings, n: int, procs: Procs, workdir: Path, profile: str | None,
-                run: int = 0) -> dict[str, Any]:
-    group = f"{settings.group}-ceiling{run}"  # a fresh group: reads the backlog from the start
+                run: int = 0, stock: bool = False) -> dict[str, Any]:
+    group = f"{settings.group}-ceiling{run}{'-stock' if stock else ''}"  # a fresh group: reads the backlog
     status = workdir / f"ceiling{run}.json"
     env = proc_env(settings, web_port=free_port())
     log = workdir / f"ceiling{run}.log"
     t_start = time.time()
-    proc = procs.start([sys.executable, "-m", "benchmarks._ceiling_agent", group, str(n), str(status)], env, log)
+    proc = procs.start([sys.executable, "-m", "benchmarks._ceiling_agent", group, str(n), str(status)]
+                       + (["stock"] if stock else []), env, log)
     spy = None
     st: dict[str, Any] = {}
     last_say = 0.0
@@ -402,6 +403,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workdir", default=None, help="keep logs and the model here (default: a temp dir)")
     ap.add_argument("--profile-worker", default=None, metavar="PREFIX",
                     help="py-spy the first worker while it drains: PREFIX.svg and PREFIX.txt")
+    ap.add_argument("--no-stock-ceiling", dest="stock_ceiling", action="store_false",
+                    help="skip the plain-Faust comparison drain (Faust's transport and take_events)")
     ap.add_argument("--profile-ceiling", default=None, metavar="PREFIX",
                     help="py-spy the ceiling agent while it drains: PREFIX.svg and PREFIX.txt")
     args = ap.parse_args(argv)
@@ -439,6 +442,8 @@ def main(argv: list[str] | None = None) -> int:
                         for r in range(args.ceiling_runs)]
             ceiling = dict(min(ceilings, key=lambda c: abs(c["ev_s"] - statistics.median(x["ev_s"] for x in ceilings))))
             ceiling["runs_ev_s"] = [c["ev_s"] for c in ceilings]
+            # for comparison: a plain Faust agent (Faust's transport and take_events), once
+            stock = run_ceiling(settings, len(backlog), procs, workdir, None, 0, stock=True) if args.stock_ceiling else None
 
             # -- (b) the workers drain the same backlog -----------------------------------------
             ports = [free_port() for _ in range(args.workers)]
@@ -506,6 +511,7 @@ def main(argv: list[str] | None = None) -> int:
 
             out = {
                 "ceiling_ev_s": ceiling["ev_s"],
+                "faust_stock_ceiling_ev_s": stock["ev_s"] if stock else None,
                 "worker_ev_s": round(worker_rate, 1),
                 "ratio": round(worker_rate / ceiling["ev_s"], 3),
                 "workers": args.workers,

@@ -60,6 +60,10 @@ class Settings:
     """Event-time half-life of an event's weight in the fold-in, seconds; 0 = none (FRESHREC_HALF_LIFE_S)."""
     position_decay: float = 0.5
     """Fold-in weight factor per step back in the user's item order (FRESHREC_POSITION_DECAY)."""
+    compute_threads: int = 1
+    """BLAS / OpenMP threads of the worker's compute thread (fold-in and search); the event loop
+    needs a core of its own, and oversubscribed BLAS threads made search 4-10x slower on 2 cores
+    (FRESHREC_COMPUTE_THREADS)."""
     batch_size: int = 256
     """Events per micro-batch (FRESHREC_BATCH_SIZE)."""
     batch_within_s: float = 0.02
@@ -109,7 +113,8 @@ class Settings:
             raise ConfigError(f"FRESHREC_ON_ERROR / --on-error {self.on_error!r} must be stop or dlq")
         if self.error_retries < 0:
             raise ConfigError(f"error_retries={self.error_retries} must be >= 0 (FRESHREC_ERROR_RETRIES)")
-        for name in ("partitions", "replication", "k", "batch_size", "max_message_bytes", "max_id_length"):
+        for name in ("partitions", "replication", "k", "batch_size", "max_message_bytes", "max_id_length",
+                     "compute_threads"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}={getattr(self, name)} must be >= 1 (FRESHREC_{name.upper()})")
         for name in ("batch_within_s", "model_poll_s", "metrics_interval_s", "health_stall_s", "max_future_s"):

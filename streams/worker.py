@@ -182,10 +182,21 @@ def build_app(settings: Settings, state: WorkerState) -> faust.App:
     return app
 
 
+def _limit_compute_threads(n: int) -> None:
+    """BLAS and OpenMP (FAISS) thread pools of this process: only the compute thread uses them."""
+    import faiss
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(n)
+    faiss.omp_set_num_threads(n)
+    log.info("compute thread: %d BLAS/OpenMP thread(s) (FRESHREC_COMPUTE_THREADS)", n)
+
+
 def run_worker(settings: Settings, model_root: str | Path, *, foldin: FoldInConfig | None = None) -> int:
     """Create topics, load the model, and run one worker until SIGTERM/SIGINT."""
     ensure_topics(settings)
     state = WorkerState(settings, Path(model_root), foldin or settings.foldin, health=Health(settings.health_stall_s))
+    _limit_compute_threads(settings.compute_threads)
     state.load_initial()
     state.health.model_loaded = True
     app = build_app(settings, state)
