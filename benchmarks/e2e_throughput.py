@@ -241,10 +241,11 @@ def produce_backlog(settings: Settings, backlog: list[Event]) -> float:
 
 def run_ceiling(settings: Settings, n: int, procs: Procs, workdir: Path, profile: str | None,
                 run: int = 0, stock: bool = False) -> dict[str, Any]:
-    group = f"{settings.group}-ceiling{run}{'-stock' if stock else ''}"  # a fresh group: reads the backlog
-    status = workdir / f"ceiling{run}.json"
+    name = f"ceiling{run}{'-stock' if stock else ''}"
+    group = f"{settings.group}-{name}"  # a fresh group: reads the backlog from the start
+    status = workdir / f"{name}.json"
     env = proc_env(settings, web_port=free_port())
-    log = workdir / f"ceiling{run}.log"
+    log = workdir / f"{name}.log"
     t_start = time.time()
     proc = procs.start([sys.executable, "-m", "benchmarks._ceiling_agent", group, str(n), str(status)]
                        + (["stock"] if stock else []), env, log)
