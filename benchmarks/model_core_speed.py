@@ -29,7 +29,7 @@ from model_core.device import cuda_available
 from model_core.index import IndexConfig, ItemIndex
 from model_core.online import OnlineRecommender
 from model_core.state import UserHistory
-from model_core.synth import SynthConfig, generate_events
+from model_core.offline.synth import SynthConfig, generate_events
 
 BATCHES = (1, 64, 1024)
 K = 20

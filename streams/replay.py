@@ -39,7 +39,7 @@ from typing import Any
 
 from model_core.errors import BadInputError, ConfigError
 from model_core.events import Event
-from model_core.logs import ReadReport, read_events
+from model_core.offline.logs import ReadReport, read_events
 from streams.codec import encode_event
 from streams.errors import BrokerUnavailableError
 from streams.kafka import check_brokers, client_config, ensure_topics
@@ -206,7 +206,7 @@ def replay(
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """``freshrec replay --log FILE [--format F] [--rate N | --speedup X | --max]``."""
-    from model_core.logs import FORMATS
+    from model_core.offline.logs import FORMATS
 
     p = sub.add_parser(
         "replay", help="replay a historical event log into the events topic",
@@ -237,7 +237,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    from model_core.logs import parse_columns, parse_type_map
+    from model_core.offline.logs import parse_columns, parse_type_map
 
     columns = parse_columns(args.columns) if args.columns else None
     types = parse_type_map(args.types) if args.types else None

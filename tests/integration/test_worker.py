@@ -17,7 +17,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
 from model_core.als import train_als
 from model_core.config import ALSConfig
-from model_core.synth import SynthConfig, generate_events, make_catalog
+from model_core.offline.synth import SynthConfig, generate_events, make_catalog
 from streams.broker import EmbeddedBroker
 from streams.codec import Recommendation
 from streams.kafka import client_config

@@ -5,7 +5,7 @@ import math
 import pytest
 
 from model_core.errors import ConfigError
-from model_core.evaluate import _Score, _score_stream, hit_rank, prequential
+from model_core.offline.evaluate import _Score, _score_stream, hit_rank, prequential
 from model_core.events import Event, EventType
 
 

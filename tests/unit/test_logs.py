@@ -1,4 +1,4 @@
-"""Tests for model_core.logs: every format, detection, malformed rows, gzip, real samples."""
+"""Tests for model_core.offline.logs: every format, detection, malformed rows, gzip, real samples."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from model_core.errors import BadInputError, ConfigError, FreshrecError
 from model_core.events import Event, EventType, event_to_json
-from model_core.logs import (
+from model_core.offline.logs import (
     FORMATS,
     SESSION_USER_PREFIX,
     ReadReport,
