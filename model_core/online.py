@@ -19,9 +19,10 @@ from model_core.config import FoldInConfig
 from model_core.events import Event
 from model_core.foldin import FoldIn
 from model_core.index import IndexConfig, ItemIndex
+from model_core.reco import BaseRecommender, Ranked
 from model_core.state import UserHistory
 
-__all__ = ["OnlineRecommender", "Recommendation"]
+__all__ = ["OnlineRecommender", "Recommendation", "ServedRecommender"]
 
 log = logging.getLogger(__name__)
 
@@ -229,3 +230,43 @@ class OnlineRecommender:
                 have = set(exclude[b]).union(i for i, _ in lst).union(self.unavailable)
                 lst.extend(self.trending.top(k - len(lst), have))
         return out
+
+
+class ServedRecommender(BaseRecommender):
+    """The served model behind the batched learn/recommend protocol.
+
+    It keeps each user's ``UserHistory`` the way the worker's table does, applies
+    a batch of events to them, then calls ``observe`` and ``recommend`` exactly as
+    the worker does: what the evaluation scores is what the worker serves.
+    """
+
+    def __init__(self, rec: OnlineRecommender, batch: int = 256) -> None:
+        self.rec = rec
+        self.batch = batch
+        self.histories: dict[str, UserHistory] = {}
+
+    def _history(self, user: str) -> UserHistory:
+        h = self.histories.get(user)
+        if h is None:
+            h = self.histories[user] = UserHistory(user)
+        return h
+
+    def fit(self, events: Sequence[Event]) -> None:
+        for i in range(0, len(events), self.batch):
+            self.learn(events[i : i + self.batch])
+
+    def learn(self, events: Sequence[Event]) -> None:
+        weights = self.rec.model.config.weights
+        touched: dict[str, UserHistory] = {}
+        applied = []
+        for ev in events:
+            h = self._history(ev.user_id)
+            if h.add(ev, weights, self.rec.foldin_config):
+                touched[ev.user_id] = h
+                applied.append(ev)
+        self.rec.observe(applied, touched)
+
+    def recommend(
+        self, users: Sequence[str], k: int, exclude: Sequence[Collection[str]] | None = None
+    ) -> list[Ranked]:
+        return self.rec.recommend([self._history(u) for u in users], k, exclude)
