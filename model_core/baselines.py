@@ -12,7 +12,6 @@ idle gap. Lists too short are topped up with trending items.
 from __future__ import annotations
 
 import heapq
-import math
 from collections import deque
 from collections.abc import Collection, Iterable, Sequence
 
@@ -22,9 +21,10 @@ from model_core.config import EventWeights
 from model_core.events import Event
 from model_core.reco import BaseRecommender, Ranked
 
-__all__ = ["Trending", "Popular", "CoVisitation", "SequentialRules", "SessionKNN"]
+__all__ = ["CoVisitation", "Popular", "SequentialRules", "SessionKNN", "Trending"]
 
-_RESCALE_AT = 2.0**60
+_RESCALE_EXP = 60.0  # rescale at 2**60
+_MIN_EXP = -1000.0
 
 
 class _ItemScores:
@@ -84,11 +84,12 @@ class Trending(BaseRecommender):
         for ev in events:
             if self._anchor is None:
                 self._anchor = ev.time
-            scale = math.pow(2.0, (ev.time - self._anchor) / self.half_life_s)
-            if scale > _RESCALE_AT:  # move the anchor forward, rescale everything
-                self._s.scores /= scale
+            e = (ev.time - self._anchor) / self.half_life_s
+            if e > _RESCALE_EXP:  # move the anchor forward, rescale everything (maybe to 0)
+                self._s.scores *= 2.0 ** max(-e, _MIN_EXP)
                 self._anchor = ev.time
-                scale = 1.0
+                e = 0.0
+            scale = 2.0 ** max(e, _MIN_EXP)  # clamped: finite for events far out of order
             row = self._s.row(ev.item_id)  # may grow the array: index after
             self._s.scores[row] += self.weights.of(ev) * scale
 

@@ -28,7 +28,7 @@ from model_core.index import IndexConfig, ItemIndex
 from model_core.online import OnlineRecommender, ServedRecommender
 from model_core.reco import BaseRecommender, Ranked
 
-__all__ = ["MODELS", "prequential", "hit_rank"]
+__all__ = ["MODELS", "hit_rank", "prequential"]
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,9 @@ class _Context:
 
 
 def _incremental(ctx: _Context) -> BaseRecommender:
-    return ServedRecommender(OnlineRecommender(ctx.model, ctx.foldin, device=ctx.device))
+    served = ServedRecommender(OnlineRecommender(ctx.model, ctx.foldin, device=ctx.device))
+    served.fit(ctx.train)
+    return served
 
 
 class StaticModel(BaseRecommender):

@@ -68,8 +68,8 @@ from __future__ import annotations
 
 import csv
 import functools
-import logging
 import gzip
+import logging
 import math
 import os
 import zlib
@@ -84,15 +84,15 @@ from model_core.events import Event, EventType, event_from_json, parse_event_typ
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "FORMATS",
     "AUTO",
-    "SESSION_USER_PREFIX",
     "COLUMN_KEYS",
+    "FORMATS",
+    "SESSION_USER_PREFIX",
     "ReadReport",
     "detect_format",
-    "read_events",
     "parse_columns",
     "parse_type_map",
+    "read_events",
 ]
 
 FORMATS: tuple[str, ...] = (
