@@ -22,6 +22,7 @@ for events far out of time order).
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 
@@ -62,11 +63,15 @@ class SignalsConfig:
     knn_postings: int = 50  # most recent sessions remembered per item
     knn_query: int = 5  # a user's newest items that look for neighbour sessions
     knn_neighbours: int = 100  # most similar sessions that vote
-    fold_candidates: int = 50  # from the fold-in embedding through the index
+    source_candidates: int = 30  # best candidates per user kept from each item-graph / kNN source
+    fold_candidates: int = 30  # from the fold-in embedding through the index
     trending_candidates: int = 30
     category_candidates: int = 20
     hidden: int = 16  # ranker: linear part plus this many tanh units (0 = linear only)
-    learning_rate: float = 0.1  # Adagrad
+    learning_rate: float = 0.1
+    replay: int = 0  # earlier lists re-learned per new list (0 = none)
+    replay_lists: int = 4096  # lists kept for replay
+    rms_decay: float = 1.0  # 1.0 = Adagrad; below 1, RMSprop (a step size that does not vanish)
     train_per_batch: int = 64  # most events a batch trains the ranker on
 
 
@@ -198,7 +203,7 @@ class _SessionStore:
             self.post_next[r] = (j + 1) % self.p
 
     def scores(
-        self, query: np.ndarray, own: np.ndarray, neighbours: int, v: int
+        self, query: np.ndarray, own: np.ndarray, neighbours: int
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """V-SKNN votes for a batch: (user, row, score) from each user's query items [B, Q].
 
@@ -215,6 +220,7 @@ class _SessionStore:
         ok &= self.gen[np.maximum(ps, 0)] == self.post_gen[safe]
         ok &= ps != own[:, None, None]
         user = np.broadcast_to(np.arange(b)[:, None, None], ps.shape)[ok]
+        qidx = np.broadcast_to(np.arange(q)[None, :, None], ps.shape)[ok]
         slot = ps[ok]
         w = np.broadcast_to(qw[:, :, None], ps.shape)[ok]
         empty = np.zeros(0, dtype=np.int64)
@@ -223,23 +229,54 @@ class _SessionStore:
         nslots = len(self.gen)
         key, inv = np.unique(user * nslots + slot, return_inverse=True)
         sim = np.bincount(inv, weights=w)
+        newest = np.full(len(key), q)
+        np.minimum.at(newest, inv, qidx)  # the query's newest item the session shares
         nu, ns = key // nslots, key % nslots
         order = np.lexsort((-self.last_time[ns], -sim, nu))
-        nu, ns, sim = nu[order], ns[order], sim[order]
+        nu, ns, sim, newest = nu[order], ns[order], sim[order], newest[order]
         rank = np.arange(len(nu)) - np.searchsorted(nu, nu, side="left")
         top = rank < neighbours
-        nu, ns, sim = nu[top], ns[top], sim[top]
+        nu, ns, sim, newest = nu[top], ns[top], sim[top], newest[top]
         items = self.items[ns]  # [N, Ls]
-        # match: the neighbour's position of the query's newest item it shares
-        eq = items[:, :, None] == query[nu][:, None, :]  # [N, Ls, Q]
-        eq &= items[:, :, None] >= 0
-        qpos = np.where(eq, np.arange(q)[None, None, :], q).min(axis=2)  # [N, Ls]
-        match = qpos.argmin(axis=1)
+        match = np.argmax(items == query[nu, newest][:, None], axis=1)
         dist = np.abs(np.arange(items.shape[1])[None, :] - match[:, None])
         vote = np.where((items >= 0) & (dist > 0), sim[:, None] / np.maximum(dist, 1), 0.0)
         keep = vote > 0
         vu = np.broadcast_to(nu[:, None], items.shape)[keep]
         return vu, items[keep], vote[keep]
+
+
+def _top_per_user(
+    user: np.ndarray, row: np.ndarray, v: int, n: int, score: np.ndarray, *more: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+    """Sum ``score`` (and ``more``) per (user, row) and keep each user's n best rows.
+
+    Returns (user, row, [summed score, summed more...]), sorted by user then score.
+    """
+    user, row = user.ravel(), row.ravel()
+    ok = row >= 0
+    key = user[ok] * v + row[ok]
+    vals = [score.ravel()[ok], *(m.ravel()[ok] for m in more)]
+    uniq, inv = np.unique(key, return_inverse=True)
+    sums = [np.bincount(inv, weights=x, minlength=len(uniq)) for x in vals]
+    u, r = uniq // v, uniq % v
+    order = np.lexsort((-sums[0], u))
+    u, r = u[order], r[order]
+    rank = np.arange(len(u)) - np.searchsorted(u, u, side="left")
+    keep = (rank < n) & (sums[0][order] > 0)
+    return u[keep], r[keep], [x[order][keep] for x in sums]
+
+
+def _user_max(user: np.ndarray, val: np.ndarray, b: int) -> np.ndarray:
+    """[B] each user's largest value (a tiny positive where a user has none)."""
+    out = np.full(b, 1e-12)
+    np.maximum.at(out, user, val)
+    return out
+
+
+def _rank_feature(user: np.ndarray, val: np.ndarray) -> np.ndarray:
+    """1 / (1 + rank) of each value among its user's; rows already sorted by user, value desc."""
+    return 1.0 / (1.0 + np.arange(len(user)) - np.searchsorted(user, user, side="left"))
 
 
 @dataclass
@@ -284,6 +321,8 @@ class StreamSignals:
         self.hv = np.zeros(c.hidden)  # hidden -> score: 0, so the prior alone ranks at first
         self._g2 = [np.full(a.shape, 1e-6) for a in (self.w, self.hw, self.hb, self.hv)]
         self.trained_lists = 0
+        self._buffer: deque[tuple[np.ndarray, np.ndarray]] = deque(maxlen=c.replay_lists)
+        self._rng = rng
         self.events = 0
 
     # -- vocabulary -------------------------------------------------------------
@@ -443,49 +482,39 @@ class StreamSignals:
         (-1 = padding); ``last_t`` [B, L] their times; ``hist_len`` [B] distinct items
         in the history; ``fold`` (user, row, score) of the fold-in candidates, in rank
         order per user; ``own`` [B] each user's own session slot (not a neighbour of
-        itself). Items of the history are not removed here.
+        itself). Each source keeps its ``source_candidates`` best per user. Items of
+        the history are not removed here.
         """
         c = self.config
         b, depth = last.shape
         v = max(1, len(self.ids))
-        parts_u: list[np.ndarray] = []
-        parts_r: list[np.ndarray] = []
-        parts_x: list[np.ndarray] = []
+        n_src = c.source_candidates
+        parts: list[tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]] = []
 
         def emit(user: np.ndarray, rows: np.ndarray, **feats: np.ndarray) -> None:
-            keep = rows >= 0
-            x = np.zeros((int(keep.sum()), _F))
-            for name, val in feats.items():
-                x[:, _IX[name]] = val[keep]
-            parts_u.append(user[keep])
-            parts_r.append(rows[keep])
-            parts_x.append(x)
+            parts.append((user, rows, feats))  # unique (user, row) within a source
 
-        users = np.arange(b)
         # sequential rules: the last item, and the last L items weighted 1/(1+position)
         nb, w = self.sr.neighbours(last)  # [B, L, M]
-        pos_w = 1.0 / (1.0 + np.arange(depth))
-        m = nb.shape[2]
-        u3 = np.broadcast_to(users[:, None, None], nb.shape)
-        first = np.zeros(nb.shape, dtype=bool)
-        first[:, 0, :] = True
-        wmax = np.maximum(w[:, 0, :].max(axis=1, initial=0.0), 1e-12)
-        emit(u3.ravel(), nb.ravel(),
-             sr_last=np.where(first, np.log1p(w), 0.0).ravel(),
-             sr_last_norm=np.where(first, w / wmax[:, None, None], 0.0).ravel(),
-             sr_ctx=(w * pos_w[None, :, None]).ravel())
+        u3 = np.broadcast_to(np.arange(b)[:, None, None], nb.shape)
+        pos_w = (1.0 / (1.0 + np.arange(depth)))[None, :, None]
+        su, sr_, (ctx, first) = _top_per_user(u3, nb, v, n_src, w * pos_w, np.where(
+            np.arange(depth)[None, :, None] == 0, w, 0.0))
+        emit(su, sr_, sr_last=np.log1p(first), sr_last_norm=first / _user_max(su, first, b)[su],
+             sr_ctx=np.log1p(ctx), sr_rank=_rank_feature(su, ctx))
         nb, w = self.covisit.neighbours(last)
-        cw = w * (0.5 ** np.arange(depth))[None, :, None]
-        cmax = np.maximum(cw.reshape(b, -1).max(axis=1, initial=0.0), 1e-12)
-        emit(u3.ravel(), nb.ravel(), covisit=cw.ravel(), covisit_norm=(cw / cmax[:, None, None]).ravel())
+        cu, cr, (cw,) = _top_per_user(u3, nb, v, n_src, w * (0.5 ** np.arange(depth))[None, :, None])
+        emit(cu, cr, covisit=np.log1p(cw), covisit_norm=cw / _user_max(cu, cw, b)[cu],
+             covisit_rank=_rank_feature(cu, cw))
         # session kNN over the user's current session (newest items, no gap above session_gap_s)
         q = min(c.knn_query, depth)
         query = last[:, :q].copy()
         if q > 1:
             cut = np.cumsum(np.abs(last_t[:, : q - 1] - last_t[:, 1:q]) > c.session_gap_s, axis=1) > 0
             query[:, 1:][cut] = -1
-        ku, kr, ks = self.sessions.scores(query, own if own is not None else np.full(b, -1), c.knn_neighbours, v)
-        emit(ku, kr, knn=ks)
+        ku, kr, ks = self.sessions.scores(query, own if own is not None else np.full(b, -1), c.knn_neighbours)
+        ku, kr, (ks,) = _top_per_user(ku, kr, v, n_src, ks)
+        emit(ku, kr, knn=np.log1p(ks), knn_norm=ks / _user_max(ku, ks, b)[ku], knn_rank=_rank_feature(ku, ks))
         if fold is not None:
             fu, fr, fs = fold
             rank = np.arange(len(fu)) - np.searchsorted(fu, fu, side="left")
@@ -499,41 +528,33 @@ class StreamSignals:
             top = top[s[top] > 0]
             t = len(top)
             rr = np.broadcast_to(1.0 / (1.0 + np.arange(t)), (b, t))
-            emit(np.repeat(users, t), np.broadcast_to(top, (b, t)).ravel(), trend_rank=rr.ravel())
+            emit(np.repeat(np.arange(b), t), np.broadcast_to(top, (b, t)).ravel(), trend_rank=rr.ravel())
+        lastcat = np.where(last[:, 0] >= 0, self.category[np.maximum(last[:, 0], 0)], -1)
         if self._members:
-            cats = np.where(last[:, 0] >= 0, self.category[np.maximum(last[:, 0], 0)], -1)
-            crow, crr = self._category_top(cats, c.category_candidates)
-            emit(np.repeat(users, crow.shape[1]), crow.ravel(), category_rank=crr.ravel())
-        del m
+            crow, crr = self._category_top(lastcat, c.category_candidates)
+            ok = crow >= 0
+            emit(np.broadcast_to(np.arange(b)[:, None], crow.shape)[ok], crow[ok], category_rank=crr[ok])
 
-        user = np.concatenate(parts_u)
-        row = np.concatenate(parts_r)
-        x = np.concatenate(parts_x)
-        key = user * v + row
-        uniq, inv = np.unique(key, return_inverse=True)
+        keys = [p[0] * v + p[1] for p in parts]
+        uniq, inv = np.unique(np.concatenate(keys), return_inverse=True)
         feats = np.zeros((len(uniq), _F))
-        np.add.at(feats, inv, x)
+        at = 0
+        for k_, (_, _, fs) in zip(keys, parts):
+            pos = inv[at : at + len(k_)]
+            at += len(k_)
+            for name, val in fs.items():
+                feats[pos, _IX[name]] = val
         user, row = uniq // v, uniq % v
-        # squash summed source scores; derived item and interaction features
-        kmax = np.zeros(b)
-        np.maximum.at(kmax, user, feats[:, _IX["knn"]])
-        feats[:, _IX["knn_norm"]] = feats[:, _IX["knn"]] / np.maximum(kmax[user], 1e-12)
-        for name, by in (("sr_rank", "sr_ctx"), ("covisit_rank", "covisit"), ("knn_rank", "knn")):
-            val = feats[:, _IX[by]]
-            order = np.lexsort((-val, user))
-            rank = np.empty(len(user))
-            rank[order] = np.arange(len(user)) - np.searchsorted(user[order], user[order], side="left")
-            feats[:, _IX[name]] = np.where(val > 0, 1.0 / (1.0 + rank), 0.0)
-        for name in ("sr_ctx", "covisit", "knn"):
-            feats[:, _IX[name]] = np.log1p(feats[:, _IX[name]])
-        for name in ("sr_last_norm", "covisit_norm", "fold_rank", "fold_hit", "trend_rank", "category_rank"):
+        # derived item and interaction features
+        for name in ("sr_last_norm", "covisit_norm", "knn_norm", "fold_rank", "fold_hit", "trend_rank",
+                     "category_rank"):
             np.minimum(feats[:, _IX[name]], 1.0, out=feats[:, _IX[name]])
         tmax = max(float(self.trend[:n].max(initial=0.0)), 1e-300)
         feats[:, _IX["trend"]] = np.log1p(1000.0 * self.trend[row] / tmax) / math.log(1001.0)
         cmax_all = max(float(self.count[:n].max(initial=0.0)), 1.0)
         feats[:, _IX["popularity"]] = np.log1p(self.count[row]) / math.log1p(cmax_all)
-        lastcat = np.where(last[:, 0] >= 0, self.category[np.maximum(last[:, 0], 0)], -1)[user]
-        feats[:, _IX["same_category"]] = (lastcat >= 0) & (self.category[row] == lastcat)
+        lc = lastcat[user]
+        feats[:, _IX["same_category"]] = (lc >= 0) & (self.category[row] == lc)
         now = last_t[:, 0][user]
         age = np.maximum(np.nan_to_num(now - self.last_seen[row], nan=0.0, posinf=1e18, neginf=0.0), 0.0)
         feats[:, _IX["freshness"]] = 1.0 / (1.0 + age / 3600.0)
@@ -560,10 +581,12 @@ class StreamSignals:
         return self._forward(cand.x)[0]
 
     def train_step(self, cand: Candidates, target: np.ndarray) -> int:
-        """One Adagrad step of softmax cross-entropy: ``target[b]`` is the row user b chose.
+        """Adagrad steps of softmax cross-entropy: ``target[b]`` is the row user b chose.
 
-        Lists that do not contain their target teach nothing and are skipped.
-        Returns the number of lists used.
+        Lists that do not contain their target teach nothing and are skipped. The
+        lists used are also kept in a small replay buffer (``replay_lists``), and
+        ``replay`` earlier lists are learned again with each new one.
+        Returns the number of new lists used.
         """
         pos = cand.row == target[cand.user]
         has = np.zeros(len(target), dtype=bool)
@@ -571,20 +594,37 @@ class StreamSignals:
         keep = has[cand.user]
         if not keep.any():
             return 0
-        u, x, y = cand.user[keep], cand.x[keep], pos[keep].astype(np.float64)
+        u, x, y = cand.user[keep], cand.x[keep], pos[keep]
+        _, u = np.unique(u, return_inverse=True)
+        n_lists = int(has.sum())
+        self._step(u, x, y, n_lists)
+        c = self.config
+        if c.replay > 0 and c.replay_lists > 0:
+            start = np.searchsorted(u, np.arange(n_lists + 1))
+            for i in range(n_lists):
+                self._buffer.append((x[start[i] : start[i + 1]], y[start[i] : start[i + 1]]))
+            m = min(len(self._buffer), c.replay * n_lists)
+            if m:
+                pick = self._rng.integers(0, len(self._buffer), m)
+                xs = [self._buffer[j][0] for j in pick]
+                ys = [self._buffer[j][1] for j in pick]
+                ru = np.repeat(np.arange(m), [len(a) for a in xs])
+                self._step(ru, np.concatenate(xs), np.concatenate(ys), m)
+        self.trained_lists += n_lists
+        return n_lists
+
+    def _step(self, u: np.ndarray, x: np.ndarray, y: np.ndarray, nseg: int) -> None:
+        """One step over ``nseg`` lists: candidate i belongs to list u[i]; y marks the positives."""
         s, h = self._forward(x)
-        nseg = len(target)
         smax = np.full(nseg, -np.inf)
         np.maximum.at(smax, u, s)
         e = np.exp(s - smax[u])
         z = np.bincount(u, weights=e, minlength=nseg)
-        n_lists = int(has.sum())
-        d = (e / z[u] - y) / n_lists  # dLoss/dscore
+        d = (e / z[u] - y) / nseg  # dLoss/dscore
         dh = (d[:, None] * self.hv) * (1.0 - h * h)
         grads = (x.T @ d, dh.T @ x, dh.sum(axis=0), h.T @ d)
         lr = self.config.learning_rate
         for param, g, g2 in zip((self.w, self.hw, self.hb, self.hv), grads, self._g2):
+            g2 *= self.config.rms_decay
             g2 += g * g
             param -= lr * g / np.sqrt(g2)
-        self.trained_lists += n_lists
-        return n_lists
