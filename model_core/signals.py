@@ -539,10 +539,10 @@ class StreamSignals:
         uniq, inv = np.unique(np.concatenate(keys), return_inverse=True)
         feats = np.zeros((len(uniq), _F))
         at = 0
-        for k_, (_, _, fs) in zip(keys, parts):
+        for k_, (_, _, fsrc) in zip(keys, parts):
             pos = inv[at : at + len(k_)]
             at += len(k_)
-            for name, val in fs.items():
+            for name, val in fsrc.items():
                 feats[pos, _IX[name]] = val
         user, row = uniq // v, uniq % v
         # derived item and interaction features

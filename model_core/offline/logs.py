@@ -67,7 +67,6 @@ type column (``csv``, ``retailrocket``, ``taobao``) and is ignored by the others
 from __future__ import annotations
 
 import csv
-import functools
 import gzip
 import logging
 import math
@@ -821,7 +820,10 @@ def read_events(
     if fmt in ("diginetica-views", "diginetica-purchases"):
         cats = _diginetica_categories(p)
         if cats:
-            factory = functools.partial(factory, categories=cats)
+            with_cats = factory
+
+            def factory(ix: dict[str, int], types: dict[str, EventType]) -> _Conv:
+                return with_cats(ix, types, cats)  # type: ignore[call-arg]
     return _read_delimited(p, rep, layout, factory, _type_table(base, type_map))
 
 
