@@ -7,7 +7,7 @@ it, so the prequential loop needs no per-model adapter (after river's
 >>> from model_core.baselines import Trending
 >>> from model_core.events import Event, EventType
 >>> t = Trending()
->>> t.learn([Event("u1", "i1", EventType.VIEW, 0.0), Event("u2", "i1", EventType.VIEW, 1.0)])
+>>> t.learn([Event("u1", "i1", EventType.VIEW, 0.0), Event("u2", "i1", EventType.VIEW, 0.0)])
 >>> t.recommend(["u3"], k=1)
 [[('i1', 2.0)]]
 """
