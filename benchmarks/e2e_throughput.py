@@ -6,7 +6,7 @@
 
 One run, one embedded broker (Tansu, started here), one replayed backlog:
 
-1. **backlog**: a synthetic shop log (``model_core.synth``) of ``--items`` items and
+1. **backlog**: a synthetic shop log (``model_core.offline.synth``) of ``--items`` items and
    ``--users`` users; a model is trained on its first part (plus one view of every item
    the training part misses, so the index holds the whole catalogue); the next
    ``--events`` events, their times mapped into the last day, are produced to a fresh
@@ -58,7 +58,7 @@ if str(ROOT) not in sys.path:  # `python benchmarks/e2e_throughput.py` from anyw
 from model_core.als import train_als
 from model_core.config import ALSConfig
 from model_core.events import Event, EventType
-from model_core.synth import SynthConfig, generate_events
+from model_core.offline.synth import SynthConfig, generate_events
 from streams.broker import EmbeddedBroker, free_port
 from streams.codec import encode_event
 from streams.kafka import client_config, ensure_topics

@@ -27,9 +27,9 @@ from model_core.als import train_als
 from model_core.config import ALSConfig, FoldInConfig
 from model_core.device import cuda_available
 from model_core.index import IndexConfig, ItemIndex
+from model_core.offline.synth import SynthConfig, generate_events
 from model_core.online import OnlineRecommender
 from model_core.state import UserHistory
-from model_core.synth import SynthConfig, generate_events
 
 BATCHES = (1, 64, 1024)
 K = 20

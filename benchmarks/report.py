@@ -25,14 +25,21 @@ def quality() -> None:
         r = json.loads(path.read_text())
         k = r["k"]
         print(f"**{title}** — {r['eval_points']} evaluation points ({r['purchase_eval_points']} purchases)\n")
-        print(f"| model | HR@{k} | NDCG@{k} | MRR@{k} | purchase HR@{k} | events/s |")
-        print("|---|---|---|---|---|---|")
+        print(f"| model | HR@{k} | NDCG@{k} | MRR@{k} | purchase HR@{k} | coverage@{k} | exposure Gini "
+              f"| popularity pct | events/s |")
+        print("|---|---|---|---|---|---|---|---|---|")
         for m, v in r["models"].items():
             label = f"**{m}**" if m == "incremental" else m
             print(f"| {label} | {pct(v['hr'])} | {pct(v['ndcg'])} | {pct(v['mrr'])} | {pct(v['purchase_hr'])} "
+                  f"| {pct(v.get('coverage'))} | {pct(v.get('gini'))} | {pct(v.get('pop_percentile'))} "
                   f"| {v['events_per_s']:,.0f} |")
-        lifts = ", ".join(f"{m} {v['hr']:+.0%} / {v['ndcg']:+.0%}" for m, v in r["incremental_vs"].items())
-        print(f"\nincremental vs (HR / NDCG): {lifts}\n")
+        others = {m: v for m, v in r["models"].items() if m != "incremental"}
+        if "incremental" in r["models"] and others:
+            inc = r["models"]["incremental"]
+            best = max(others, key=lambda m: others[m]["hr"] or 0.0)
+            best_ndcg = max(others, key=lambda m: others[m]["ndcg"] or 0.0)
+            print(f"\nincremental / best other: HR {inc['hr'] / others[best]['hr']:.2f}× ({best}), "
+                  f"NDCG {inc['ndcg'] / others[best_ndcg]['ndcg']:.2f}× ({best_ndcg})\n")
 
 
 def speed() -> None:

@@ -7,7 +7,8 @@ A JSON event is one object per line::
 
 ``user_id``, ``item_id``, ``type`` and ``time`` are required; ``time`` is Unix
 seconds (a number) or an ISO 8601 string. ``weight`` (optional) overrides the
-event-type weight, e.g. a MovieLens rating.
+event-type weight, e.g. a MovieLens rating; ``category`` (optional) is the item's
+category where the log has one.
 """
 
 from __future__ import annotations
@@ -66,6 +67,7 @@ class Event:
     quantity: int | None = None
     price: float | None = None
     weight: float | None = None
+    category: str | None = None
 
     def __post_init__(self) -> None:
         if not self.user_id:
@@ -91,7 +93,7 @@ class Event:
             "type": self.type.value,
             "time": self.time,
         }
-        for name in ("event_id", "session_id", "quantity", "price", "weight"):
+        for name in ("event_id", "session_id", "quantity", "price", "weight", "category"):
             value = getattr(self, name)
             if value is not None:
                 out[name] = value
@@ -191,6 +193,7 @@ def event_from_dict(d: dict[str, Any]) -> Event:
         quantity=quantity,
         price=price,
         weight=weight,
+        category=_opt_str(d, "category"),
     )
 
 

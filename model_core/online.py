@@ -1,27 +1,45 @@
-"""The served model: fold-in on the model core, FAISS retrieval, trending for cold users.
+"""The served model: candidates from several online sources, ranked by a model learned online.
 
 ``OnlineRecommender`` is stateless about users: callers own each user's
 ``UserHistory`` (the stream keeps it in a changelog-backed table) and hand a
 batch of histories in. It owns the global, shared state: item factors (growing
-as new items are folded in), the item index, availability and trending.
+as new items are folded in), the item index, availability, and the stream
+signals (``trending``, a :class:`~model_core.signals.StreamSignals`): trending,
+item categories, sequential rules, co-visitation and the ranker's weights.
+
+A list is made in one batched pass (``recommend``):
+
+1. candidates: the user's fold-in embedding through the index; the sequential
+   rules and co-visits of the user's last items; the trending items of the last
+   item's category; global trending;
+2. per-candidate features: each source's score and rank, item trend, popularity
+   and freshness, interactions with the history length and a new-session flag;
+3. a linear ranker scores them; history, purchases and unavailable items are
+   dropped; the top k are kept (topped up with trending when short).
+
+``observe`` first trains the ranker — each event is the label of the list the
+user was due just before it (the history without the event's item) — and then
+learns the batch: item statistics, item graphs, new items' vectors.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Collection, Iterable, Mapping, Sequence
+from itertools import islice
 
 import numpy as np
 
 from model_core.als import ALSModel
-from model_core.baselines import Trending
-from model_core.config import FoldInConfig
+from model_core.config import EventWeights, FoldInConfig
 from model_core.events import Event
 from model_core.foldin import FoldIn
 from model_core.index import IndexConfig, ItemIndex
+from model_core.reco import BaseRecommender, Ranked
+from model_core.signals import Candidates, SignalsConfig, StreamSignals
 from model_core.state import UserHistory
 
-__all__ = ["OnlineRecommender", "Recommendation"]
+__all__ = ["OnlineRecommender", "Recommendation", "ServedRecommender"]
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +50,7 @@ _SMALL_BATCH = 8  # up to this many users, fold-in inputs are built with plain l
 
 
 class OnlineRecommender:
-    """Fold-in + top-K for batches of users, on one model version.
+    """Multi-source candidates + online ranker for batches of users, on one model version.
 
     >>> rec = OnlineRecommender(model)                       # doctest: +SKIP
     >>> rec.observe(events, histories)                       # doctest: +SKIP
@@ -49,6 +67,7 @@ class OnlineRecommender:
         device: str = "auto",
         trending_half_life_s: float = 86400.0,
         fold_new_items: bool = True,
+        signals: SignalsConfig | None = None,
     ) -> None:
         self.model = model
         self.foldin_config = foldin or FoldInConfig()
@@ -57,10 +76,38 @@ class OnlineRecommender:
         self._rows: dict[str, int] = {item: r for r, item in enumerate(model.item_ids)}
         self.index = ItemIndex.build(model.item_ids, model.item_factors, index or IndexConfig(), device=device)
         self._user_gram = model.user_gramian
-        self.trending = Trending(trending_half_life_s, model.config.weights)
+        cfg = signals or SignalsConfig(trending_half_life_s=trending_half_life_s)
+        # learned from the stream alone: a worker hands it to the next model version
+        self.trending = StreamSignals(cfg, model.config.weights)
+        self._rng = np.random.default_rng(0)
         self.fold_new_items = fold_new_items
         self._new_items: dict[str, dict[str, tuple[np.ndarray, float]]] = {}
         self.unavailable: set[str] = set()
+
+    def successor(self, model: ALSModel, index: IndexConfig | None = None, *, device: str = "auto") -> OnlineRecommender:
+        """A recommender on a newer model version that carries this one's online state.
+
+        What was learned from the stream (trending, item graphs, session kNN, the
+        ranker, categories, availability) goes to the successor; the fold-in
+        settings stay. Call it where batches and catalog updates run, and install
+        the result there, so nothing lands on this one after the hand-over.
+        """
+        fresh = OnlineRecommender(model, self.foldin_config, index or self.index.config, device=device,
+                                  fold_new_items=self.fold_new_items)
+        fresh.trending = self.trending
+        if self.unavailable:
+            fresh.set_available(self.unavailable, False)
+        return fresh
+
+    @property
+    def weights(self) -> EventWeights:
+        """Event-type weights of this model (what ``UserHistory.add`` needs)."""
+        return self.model.config.weights
+
+    def apply(self, history: UserHistory, event: Event, position: tuple[int, int] | None = None) -> bool:
+        """Apply one event to a user's history with this model's weights and fold-in settings;
+        False for an event already applied (see ``UserHistory.add``)."""
+        return history.add(event, self.model.config.weights, self.foldin_config, position)
 
     @property
     def model_version(self) -> str:
@@ -81,12 +128,57 @@ class OnlineRecommender:
     # -- learning -------------------------------------------------------------
 
     def observe(self, events: Sequence[Event], histories: Mapping[str, UserHistory]) -> None:
-        """Learn the global side of a batch: trending, and new items' vectors.
+        """Learn the global side of a batch: the ranker, trending, item graphs, new items' vectors.
 
         ``histories`` holds the touched users' histories *after* the events were
         applied to them.
         """
-        self.trending.learn(events)
+        sig = self.trending
+        by_user: dict[str, list[Event]] = {}
+        for ev in events:
+            by_user.setdefault(ev.user_id, []).append(ev)
+        self._train_ranker(by_user, histories)
+        sig.learn(events)
+        seqs = []
+        for user, evs in by_user.items():
+            h = histories.get(user)
+            if h is None:
+                continue
+            touched = {ev.item_id for ev in evs}
+            prev = [(sig.row(i), e[1]) for i, e in h.entries.items() if i not in touched]
+            seqs.append((user, prev, evs))
+        sig.learn_sequences(seqs)
+        self._observe_new_items(events, histories)
+
+    def _train_ranker(self, by_user: Mapping[str, list[Event]], histories: Mapping[str, UserHistory]) -> None:
+        """Each user's last event of the batch labels the list due before it."""
+        pseudo: list[UserHistory] = []
+        targets: list[str] = []
+        weights = self.model.config.weights
+        for user, evs in by_user.items():
+            h = histories.get(user)
+            ev = evs[-1]
+            if h is None or len(h.entries) < 2 or next(reversed(h.entries)) != ev.item_id:
+                continue
+            w, t = h.entries[ev.item_id]
+            if t != ev.time or abs(w - weights.of(ev)) > 1e-9 * max(1.0, w):
+                continue  # not the item's first event for this user: nothing new to predict
+            entries = {i: e for i, e in h.entries.items() if i != ev.item_id}
+            before = UserHistory(user, entries, [p for p in h.purchased if p != ev.item_id],
+                                 last_event_time=max(e[1] for e in entries.values()))
+            pseudo.append(before)
+            targets.append(ev.item_id)
+        if not pseudo:
+            return
+        cap = self.trending.config.train_per_batch
+        if len(pseudo) > cap:
+            pick = self._rng.choice(len(pseudo), cap, replace=False)
+            pseudo = [pseudo[i] for i in pick]
+            targets = [targets[i] for i in pick]
+        cand, _ = self._candidates(pseudo, [h.exclude() for h in pseudo])
+        self.trending.train_step(cand, self.trending.rows_of(targets))
+
+    def _observe_new_items(self, events: Sequence[Event], histories: Mapping[str, UserHistory]) -> None:
         if not self.fold_new_items:
             return
         touched: dict[str, set[str]] = {}
@@ -133,9 +225,14 @@ class OnlineRecommender:
         if self.unavailable.intersection(items):
             self.index.set_available(self.unavailable.intersection(items), False)
 
+    def set_category(self, item_ids: Iterable[str], categories: Iterable[str | None]) -> None:
+        """Catalog update: the items' categories (None = unknown), for category trending."""
+        self.trending.set_category(item_ids, categories)
+
     def set_available(self, item_ids: Iterable[str], available: bool) -> None:
         """Catalog update: unavailable items leave every later list until available again."""
         ids = list(item_ids)
+        self.trending.set_available(ids, available)
         if available:
             self.unavailable.difference_update(ids)
         else:
@@ -204,6 +301,33 @@ class OnlineRecommender:
         rows, weights = self._padded(histories)
         return self._fold.users(rows, weights)
 
+    def _candidates(
+        self, histories: Sequence[UserHistory], exclude: Sequence[Collection[str]]
+    ) -> tuple[Candidates, np.ndarray]:
+        """Every source's candidates for the batch, with features; and the [B, L] last-item rows."""
+        sig = self.trending
+        depth = sig.config.context
+        b = len(histories)
+        last = np.full((b, depth), -1, dtype=np.int64)
+        last_t = np.zeros((b, depth))
+        hist_len = np.zeros(b)
+        for i, h in enumerate(histories):
+            hist_len[i] = len(h.entries)
+            for j, (item, (_, t)) in enumerate(islice(reversed(h.entries.items()), depth)):
+                last[i, j] = sig.row(item)
+                last_t[i, j] = t
+        fold = None
+        vecs = self.embed(histories)
+        warm = np.flatnonzero(np.any(vecs != 0, axis=1))
+        if len(warm):
+            found = self.index.search(vecs[warm], sig.config.fold_candidates, [exclude[w] for w in warm.tolist()])
+            lens = np.fromiter((len(lst) for lst in found), np.int64, len(found))
+            row = sig.rows_of(i for lst in found for i, _ in lst)
+            score = np.fromiter((s for lst in found for _, s in lst), np.float64, int(lens.sum()))
+            fold = (np.repeat(warm, lens), row, score)
+        own = np.fromiter((sig.sessions.own_slot(h.user_id) for h in histories), np.int64, b)
+        return sig.candidates(last, last_t, hist_len, fold, own), last
+
     def recommend(
         self,
         histories: Sequence[UserHistory],
@@ -212,20 +336,74 @@ class OnlineRecommender:
     ) -> list[Recommendation]:
         """Top-k (item_id, score) per user, best first.
 
-        ``exclude[b]`` defaults to the user's history and purchases. Users with no
-        known item get trending items; a short list is topped up with trending.
+        ``exclude[b]`` defaults to the user's history and purchases; unavailable
+        items are never returned. A list shorter than k (a cold start) is topped up
+        with trending items.
         """
+        if not histories:
+            return []
         if exclude is None:
             exclude = [h.exclude() for h in histories]
-        vecs = self.embed(histories)
-        warm = np.flatnonzero(np.any(vecs != 0, axis=1)).tolist()
+        sig = self.trending
+        cand, _ = self._candidates(histories, exclude)
+        v = max(1, len(sig.ids))
+        get = sig.rows.get
+        banned = np.fromiter(
+            (b * v + r for b, ex in enumerate(exclude) for i in ex if (r := get(i)) is not None), np.int64
+        )
+        keep = ~sig.unavailable[cand.row] & ~np.isin(cand.user * v + cand.row, banned)
+        user, row = cand.user[keep], cand.row[keep]
+        score = sig.score(cand)[keep]
+        order = np.lexsort((-score, user))
+        user, row, score = user[order], row[order], score[order]
+        start = np.searchsorted(user, user, side="left")
+        top = (np.arange(len(user)) - start) < k
         out: list[Recommendation] = [[] for _ in histories]
-        if warm:
-            found = self.index.search(vecs[warm], k, [exclude[b] for b in warm])
-            for b, lst in zip(warm, found):
-                out[b] = lst
+        ids = sig.ids
+        for b, r, s in zip(user[top].tolist(), row[top].tolist(), score[top].tolist()):
+            out[b].append((ids[r], s))
         for b, lst in enumerate(out):
             if len(lst) < k:
                 have = set(exclude[b]).union(i for i, _ in lst).union(self.unavailable)
-                lst.extend(self.trending.top(k - len(lst), have))
+                lst.extend(sig.top(k - len(lst), have))
         return out
+
+
+class ServedRecommender(BaseRecommender):
+    """The served model behind the batched learn/recommend protocol.
+
+    It keeps each user's ``UserHistory`` the way the worker's table does, applies
+    a batch of events to them, then calls ``observe`` and ``recommend`` exactly as
+    the worker does: what the evaluation scores is what the worker serves.
+    """
+
+    def __init__(self, rec: OnlineRecommender, batch: int = 64) -> None:
+        self.rec = rec
+        self.batch = batch
+        self.histories: dict[str, UserHistory] = {}
+
+    def _history(self, user: str) -> UserHistory:
+        h = self.histories.get(user)
+        if h is None:
+            h = self.histories[user] = UserHistory(user)
+        return h
+
+    def fit(self, events: Sequence[Event]) -> None:
+        for i in range(0, len(events), self.batch):
+            self.learn(events[i : i + self.batch])
+
+    def learn(self, events: Sequence[Event]) -> None:
+        weights = self.rec.model.config.weights
+        touched: dict[str, UserHistory] = {}
+        applied = []
+        for ev in events:
+            h = self._history(ev.user_id)
+            if h.add(ev, weights, self.rec.foldin_config):
+                touched[ev.user_id] = h
+                applied.append(ev)
+        self.rec.observe(applied, touched)
+
+    def recommend(
+        self, users: Sequence[str], k: int, exclude: Sequence[Collection[str]] | None = None
+    ) -> list[Ranked]:
+        return self.rec.recommend([self._history(u) for u in users], k, exclude)

@@ -208,7 +208,6 @@ class EventAgent:
             await self.recover({msg.partition for _, msg in valid})
         assert state.rec is not None
         served = state.rec  # the model that makes this batch's lists (a swap may land meanwhile)
-        weights = served.model.config.weights
         touched: dict[str, UserHistory] = {}
         partition_of: dict[str, int] = {}
         erased: dict[str, int] = {}
@@ -227,7 +226,7 @@ class EventAgent:
                 partition_of.pop(user, None)
                 erased[user] = p
                 continue
-            if h.add(cmd, weights, state.foldin, (p, msg.offset)):
+            if served.apply(h, cmd, (p, msg.offset)):
                 touched[user] = h
                 partition_of[user] = p
                 applied.append(cmd)

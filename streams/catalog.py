@@ -1,6 +1,7 @@
 """The catalog listener: ``freshrec.items`` reaches every worker (not split by the consumer group).
 
-Messages: ``{"item_id": "i9", "event": "new" | "unavailable" | "available"}``.
+Messages: ``{"item_id": "i9", "event": "new" | "unavailable" | "available", "category": "c3"}``
+(``category`` optional: it feeds category trending).
 Each update runs in the compute thread, so it never lands in the middle of a
 batch's search.
 """
@@ -27,10 +28,10 @@ CATALOG_EVENTS = ("new", "unavailable", "available")
 
 class CatalogListener(threading.Thread):
     """Reads every partition of the items topic from the start (not a group member) and hands
-    each update to ``apply(item_id, available)`` on ``executor``."""
+    each update to ``apply(item_id, available, category)`` on ``executor``."""
 
     def __init__(self, settings: Settings, loop: asyncio.AbstractEventLoop, executor: object,
-                 apply: Callable[[str, bool], None], metrics: Metrics) -> None:
+                 apply: Callable[[str, bool, str | None], None], metrics: Metrics) -> None:
         super().__init__(name="freshrec-catalog", daemon=True)
         self.settings, self.loop, self.executor, self.apply, self.metrics = settings, loop, executor, apply, metrics
         self.stopping = threading.Event()
@@ -61,10 +62,14 @@ class CatalogListener(threading.Thread):
             item, action = str(d["item_id"]), d["event"]
             if action not in CATALOG_EVENTS:
                 raise ValueError(f"event {action!r} is not one of {', '.join(CATALOG_EVENTS)}")
+            category = d.get("category")
+            if category is not None and not isinstance(category, str):
+                raise ValueError(f"category {category!r} is not a string")
         except (ValueError, KeyError, TypeError, RecursionError) as exc:
             log.warning("ignored catalog message %r: %s", (value or b"")[:200], exc)
             return
-        done = self.loop.run_in_executor(self.executor, self.apply, item, action != "unavailable")  # type: ignore[arg-type]
+        done = self.loop.run_in_executor(self.executor, self.apply, item, action != "unavailable",  # type: ignore[arg-type]
+                                         category)
         done.add_done_callback(lambda fut: self._applied(fut, item, action))
 
     def _applied(self, fut: asyncio.Future[None], item: str, action: str) -> None:

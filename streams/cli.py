@@ -36,7 +36,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 
 def _add_log_args(p: argparse.ArgumentParser, *, many: bool = True) -> None:
-    from model_core.logs import FORMATS
+    from model_core.offline.logs import FORMATS
 
     p.add_argument("--log", dest="logs", action="append" if many else "store", required=True, metavar="FILE",
                    help="event log (plain or gzip)" + ("; repeat to merge several" if many else ""))
@@ -175,7 +175,7 @@ def _foldin_config(args: argparse.Namespace) -> FoldInConfig:
 
 
 def _read_logs(args: argparse.Namespace) -> Iterator[Event]:
-    from model_core.logs import ReadReport, parse_columns, parse_type_map, read_events
+    from model_core.offline.logs import ReadReport, parse_columns, parse_type_map, read_events
 
     columns = parse_columns(args.columns) if args.columns else None
     types = parse_type_map(args.types) if args.types else None
@@ -188,7 +188,7 @@ def _read_logs(args: argparse.Namespace) -> Iterator[Event]:
 
 
 def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
-    from model_core.synth import SynthConfig, write_log
+    from model_core.offline.synth import SynthConfig, write_log
 
     config = SynthConfig(users=args.users, items=args.items, events=args.events, clusters=args.clusters,
                          days=args.days, seed=args.seed)
@@ -238,7 +238,7 @@ def _table(report: dict) -> str:
 
 
 def cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
-    from model_core.evaluate import prequential
+    from model_core.offline.evaluate import prequential
 
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     report = prequential(

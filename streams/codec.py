@@ -102,7 +102,7 @@ def _decode_message(value: bytes | None, key: bytes | None, timestamp: float | N
     else:
         cmd = event_from_dict(obj)
         user = cmd.user_id
-        for name in ("user_id", "item_id", "session_id", "event_id"):
+        for name in ("user_id", "item_id", "session_id", "event_id", "category"):
             v = getattr(cmd, name)
             if v is not None and len(v) > limits.max_id_length:
                 raise BadInputError(f"event {name} of {len(v)} characters is over the limit of "

@@ -24,7 +24,7 @@ from typing import Any
 from model_core.als import train_als
 from model_core.config import ALSConfig
 from model_core.events import event_to_json
-from model_core.synth import SynthConfig, generate_events
+from model_core.offline.synth import SynthConfig, generate_events
 from streams.broker import EmbeddedBroker, free_port
 from streams.errors import BrokerUnavailableError, ConfigError
 from streams.kafka import client_config

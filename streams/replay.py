@@ -1,11 +1,11 @@
 """Replay a historical event log into the events topic.
 
-Every format :func:`model_core.logs.read_events` reads (freshrec JSON lines,
+Every format :func:`model_core.offline.logs.read_events` reads (freshrec JSON lines,
 RetailRocket, YooChoose, Diginetica, Taobao, MovieLens, mapped CSV; plain or gzip)
 goes to ``settings.events_topic`` through a confluent-kafka producer, key = user_id
 (so one user's events stay in one partition, in file order), value =
 :func:`streams.codec.encode_event`. Malformed rows are counted in the
-:class:`~model_core.logs.ReadReport` and never sent.
+:class:`~model_core.offline.logs.ReadReport` and never sent.
 
 Pace: full speed by default; ``rate`` = a steady number of events per second;
 ``speedup`` = the log's own event-time gaps divided by X (only positive gaps are
@@ -39,7 +39,7 @@ from typing import Any
 
 from model_core.errors import BadInputError, ConfigError
 from model_core.events import Event
-from model_core.logs import ReadReport, read_events
+from model_core.offline.logs import ReadReport, read_events
 from streams.codec import encode_event
 from streams.errors import BrokerUnavailableError
 from streams.kafka import check_brokers, client_config, ensure_topics
@@ -206,7 +206,7 @@ def replay(
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """``freshrec replay --log FILE [--format F] [--rate N | --speedup X | --max]``."""
-    from model_core.logs import FORMATS
+    from model_core.offline.logs import FORMATS
 
     p = sub.add_parser(
         "replay", help="replay a historical event log into the events topic",
@@ -237,7 +237,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    from model_core.logs import parse_columns, parse_type_map
+    from model_core.offline.logs import parse_columns, parse_type_map
 
     columns = parse_columns(args.columns) if args.columns else None
     types = parse_type_map(args.types) if args.types else None

@@ -58,13 +58,16 @@ class WorkerState:
         log.info("serving model %s (%d items, k=%d) on %s from %s", model.version, len(model.item_ids),
                  model.config.factors, self.rec.device, latest_model_dir(self.model_root))
 
-    def _serve(self, model: ALSModel) -> OnlineRecommender:
+    def _check_serving(self, model: ALSModel) -> None:
         serving = {"foldin": self.foldin.to_dict(), "index": self.settings.index}
         trained = model.metadata.get("serving")
         log.info("model %s: fold-in %s, index %s", model.version, serving["foldin"], serving["index"])
         if trained is not None and trained != serving:
             log.warning("model %s was trained with serving settings %s; serving it with %s", model.version,
                         trained, serving)
+
+    def _serve(self, model: ALSModel) -> OnlineRecommender:
+        self._check_serving(model)
         return OnlineRecommender(model, self.foldin, IndexConfig(kind=self.settings.index),  # type: ignore[arg-type]
                                  device=self.settings.device)
 
@@ -92,10 +95,9 @@ class WorkerState:
         """
         old = self.rec
         assert old is not None
-        fresh = self._serve(ALSModel.load(path))
-        fresh.trending = old.trending  # popularity is learned online: keep it
-        if old.unavailable:
-            fresh.set_available(old.unavailable, False)
+        model = ALSModel.load(path)
+        self._check_serving(model)
+        fresh = old.successor(model, device=self.settings.device)  # what the stream taught carries over
         self.rec = fresh
         self._note_versions()
         return old, fresh
@@ -113,10 +115,12 @@ class WorkerState:
         rec.observe(events, histories)
         return rec, rec.recommend(list(histories.values()), self.settings.k)
 
-    def set_available(self, item: str, available: bool) -> None:
+    def catalog(self, item: str, available: bool, category: str | None) -> None:
         """Catalog update (runs in the compute thread, so never during a batch's search)."""
         assert self.rec is not None
         self.rec.set_available([item], available)
+        if category is not None:
+            self.rec.set_category([item], [category])
 
 
 def build_app(settings: Settings, state: WorkerState) -> faust.App:
@@ -163,8 +167,7 @@ def build_app(settings: Settings, state: WorkerState) -> faust.App:
 
     @app.task
     async def start_catalog() -> None:
-        listener = CatalogListener(settings, asyncio.get_running_loop(), state.executor, state.set_available,
-                                   metrics)
+        listener = CatalogListener(settings, asyncio.get_running_loop(), state.executor, state.catalog, metrics)
         listener.start()
         app._freshrec_catalog = listener  # type: ignore[attr-defined]
         log.info("worker ready: consuming %s (group %s), publishing %s", settings.events_topic, settings.group,

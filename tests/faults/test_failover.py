@@ -14,7 +14,7 @@ from confluent_kafka import Producer
 
 from model_core.als import train_als
 from model_core.config import ALSConfig
-from model_core.synth import SynthConfig, generate_events
+from model_core.offline.synth import SynthConfig, generate_events
 from streams.broker import EmbeddedBroker
 from streams.kafka import client_config
 from streams.settings import Settings, load_settings

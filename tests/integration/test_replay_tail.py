@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
-from model_core.logs import ReadReport
+from model_core.offline.logs import ReadReport
 from streams.broker import EmbeddedBroker
 from streams.broker import add_parser as add_broker_parser
 from streams.codec import Recommendation, decode_event, encode_recommendation

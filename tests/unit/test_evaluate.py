@@ -1,15 +1,17 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Collection, Sequence
 
 import pytest
 
 from model_core.errors import ConfigError
-from model_core.evaluate import _Score, _score_stream, hit_rank, prequential
 from model_core.events import Event, EventType
+from model_core.offline.evaluate import _Catalog, _Score, _score_stream, hit_rank, prequential
+from model_core.reco import BaseRecommender, Ranked
 
 
-class Fixed:
+class Fixed(BaseRecommender):
     """A hand-made model: recommends a fixed list, records what it learned and was asked."""
 
     def __init__(self, ranked: list[str]) -> None:
@@ -17,12 +19,16 @@ class Fixed:
         self.asked: list[tuple[str, frozenset[str]]] = []
         self.learned: list[str] = []
 
-    def recommend(self, user_id: str, k: int, exclude: set[str]) -> list[str]:
-        self.asked.append((user_id, frozenset(exclude)))
-        return [i for i in self.ranked if i not in exclude][:k]
+    def recommend(
+        self, users: Sequence[str], k: int, exclude: Sequence[Collection[str]] | None = None
+    ) -> list[Ranked]:
+        ex = exclude if exclude is not None else [()] * len(users)
+        for u, x in zip(users, ex):
+            self.asked.append((u, frozenset(x)))
+        return [[(i, 1.0) for i in self.ranked if i not in x][:k] for x in ex]
 
-    def learn(self, event: Event) -> None:
-        self.learned.append(event.item_id)
+    def learn(self, events: Sequence[Event]) -> None:
+        self.learned.extend(ev.item_id for ev in events)
 
 
 def e(user: str, item: str, t: float, kind: EventType = EventType.VIEW) -> Event:
@@ -51,6 +57,15 @@ def test_metrics_on_a_tiny_hand_checked_log() -> None:
     r = s.report(len(test))
     assert r["hr"] == pytest.approx(2 / 3) and r["purchase_hr"] == 1.0
     assert r["mrr"] == pytest.approx((1 + 1 / 3) / 3)
+    # lists given: [y, z, w], [x, y, w], [y, z, w] over the catalog {x, y, z, w, q}
+    assert s.exposure == {"y": 3, "z": 2, "w": 3, "x": 1}
+    cat = _Catalog.of(train, test)
+    extra = s.report(len(test), cat)
+    assert extra["coverage"] == pytest.approx(4 / 5)
+    # Gini of sorted exposure [0, 1, 2, 3, 3]: sum((2i - n - 1) x_i) / (n * sum x)
+    assert extra["gini"] == pytest.approx((-2 * 1 + 0 * 2 + 2 * 3 + 4 * 3) / (5 * 9), abs=1e-6)
+    # training counts: x 2, others 0 -> percentiles x 1.0, the rest 0.0
+    assert extra["pop_percentile"] == pytest.approx(1 / 9, abs=1e-6)
 
 
 def test_hit_rank() -> None:

@@ -1,4 +1,4 @@
-"""Tests for model_core.logs: every format, detection, malformed rows, gzip, real samples."""
+"""Tests for model_core.offline.logs: every format, detection, malformed rows, gzip, real samples."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from model_core.errors import BadInputError, ConfigError, FreshrecError
 from model_core.events import MAX_PRICE, MAX_WEIGHT, Event, EventType, event_to_json
-from model_core.logs import (
+from model_core.offline.logs import (
     FORMATS,
     SESSION_USER_PREFIX,
     ReadReport,
@@ -137,6 +137,7 @@ def test_yoochoose_clicks(tmp_path: Path) -> None:
     assert [e.user_id for e in events] == ["1", "1", "2"]
     assert [e.session_id for e in events] == ["1", "1", "2"]
     assert {e.type for e in events} == {EventType.CLICK}
+    assert [e.category for e in events] == [None, None, "S"]  # 0 = no category
     assert rep.events == 3 and rep.skipped == 0
 
 
@@ -198,10 +199,10 @@ def test_diginetica_missing_user_and_session_is_skipped(tmp_path: Path) -> None:
 def test_taobao(tmp_path: Path) -> None:
     events, _ = read(write(tmp_path / "ub.csv", TAOBAO), "taobao")
     assert events == [
-        Event("1", "2268318", EventType.VIEW, 1511544070.0),
-        Event("1", "2333346", EventType.ADD_TO_CART, 1511561733.0),
-        Event("2", "4365585", EventType.ADD_TO_CART, 1511596146.0),  # fav counts as cart
-        Event("3", "3830808", EventType.PURCHASE, 1511593493.0),
+        Event("1", "2268318", EventType.VIEW, 1511544070.0, category="2520377"),
+        Event("1", "2333346", EventType.ADD_TO_CART, 1511561733.0, category="2520771"),
+        Event("2", "4365585", EventType.ADD_TO_CART, 1511596146.0, category="2520377"),  # fav: cart
+        Event("3", "3830808", EventType.PURCHASE, 1511593493.0, category="4181361"),
     ]
 
 
@@ -557,7 +558,8 @@ def test_real_diginetica_views() -> None:
     rep = ReadReport(str(path))
     events = list(read_events(path, report=rep))
     assert (len(events), rep.skipped) == (12_391, 0)
-    assert events[0] == Event("s:1", "81766", EventType.VIEW, 1462752526.309, session_id="1")
+    assert events[0] == Event("s:1", "81766", EventType.VIEW, 1462752526.309, session_id="1",
+                              category="1010")  # from product-categories.csv.gz beside it
     assert all(e.type is EventType.VIEW for e in events)
 
 
@@ -568,7 +570,7 @@ def test_real_diginetica_purchases() -> None:
     events = list(read_events(path, report=rep))
     assert (len(events), rep.skipped) == (18_025, 0)
     assert events[0] == Event("18278", "25911", EventType.PURCHASE, 1462509900.868,
-                              event_id="16421:25911", session_id="150")
+                              event_id="16421:25911", session_id="150", category="822")
     assert events[1].user_id == "s:151"
     anonymous = sum(e.user_id.startswith(SESSION_USER_PREFIX) for e in events)
     assert 0 < anonymous < len(events)
@@ -582,3 +584,22 @@ def test_crlf_line_ends(tmp_path: Path) -> None:
         crlf_path.write_bytes(text.replace("\n", "\r\n").encode())
         crlf, rep = read(crlf_path)
         assert crlf == lf and rep.skipped == 0, fmt
+
+
+def test_diginetica_categories_come_from_the_file_beside_the_log(tmp_path: Path) -> None:
+    views = "session_id;user_id;item_id;timeframe;eventdate\n1;NA;81766;526309;2016-05-09\n1;NA;7;1;2016-05-09\n"
+    write(tmp_path / "views.csv", views)
+    events, _ = read(tmp_path / "views.csv", "diginetica-views")
+    assert [e.category for e in events] == [None, None]  # no categories file: no category
+    with gzip.open(tmp_path / "product-categories.csv.gz", "wt") as f:
+        f.write("itemId;categoryId\n81766;1010\n")
+    events, _ = read(tmp_path / "views.csv", "diginetica-views")
+    assert [e.category for e in events] == ["1010", None]
+
+
+def test_event_category_round_trips_through_json() -> None:
+    from model_core.events import event_from_json, event_to_json
+
+    ev = Event("u", "i", EventType.VIEW, 1.0, category="shoes")
+    assert event_from_json(event_to_json(ev)) == ev
+    assert "category" not in event_to_json(Event("u", "i", EventType.VIEW, 1.0))

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -9,6 +11,7 @@ from model_core.als import ALSModel
 from model_core.config import ALSConfig, FoldInConfig
 from model_core.events import Event, EventType
 from model_core.online import OnlineRecommender
+from model_core.signals import FEATURES
 from model_core.state import UserHistory
 
 K = 4
@@ -84,7 +87,8 @@ def test_new_item_is_folded_in_and_recommended_before_a_retrain(model: ALSModel)
     assert vec is not None and vec[0] > 5 * abs(vec[1])  # it lives with the a-taste
     [lst] = rec.recommend([history("s", ["a0", "a2"])], k=K)
     assert "a_new" in ids(lst)
-    [lst] = rec.recommend([history("t", ["b0", "b1"])], k=K)
+    t = history("t", ["b0", "b1"])  # the b-taste's fold-in neighbours do not include it
+    [lst] = rec.index.search(rec.embed([t]), K, [t.exclude()])
     assert "a_new" not in ids(lst)
 
 
@@ -124,3 +128,68 @@ def test_batched_weights_equal_the_history_reference(model: ALSModel, users: lis
         got = [(int(r), float(x)) for r, x in zip(idx[b], w[b]) if r >= 0]
         assert [r for r, _ in got] == [r for r, _ in keep]
         np.testing.assert_allclose([x for _, x in got], [x for _, x in keep], rtol=1e-5, atol=1e-30)
+
+
+def _observe(rec: OnlineRecommender, hs: dict[str, UserHistory], events: list[Event]) -> None:
+    touched = {}
+    for ev in events:
+        h = hs.setdefault(ev.user_id, UserHistory(ev.user_id))
+        h.add(ev, rec.model.config.weights, rec.foldin_config)
+        touched[ev.user_id] = h
+    rec.observe(events, touched)
+
+
+def test_sequential_neighbours_of_the_last_item_are_recommended(model: ALSModel) -> None:
+    rec = OnlineRecommender(model, device="cpu")
+    hs: dict[str, UserHistory] = {}
+    for j in range(5):  # many users go a0 -> b5
+        _observe(rec, hs, [Event(f"u{j}", "a0", EventType.VIEW, 100.0 * j), Event(f"u{j}", "b5", EventType.VIEW, 100.0 * j + 5)])
+    [lst] = rec.recommend([history("new", ["a0"], t0=1000.0)], k=K)
+    assert "b5" in ids(lst)  # the fold-in alone (a-taste) would never give b5 first
+    assert all(math.isfinite(s) for _, s in lst)
+
+
+def test_category_trending_is_a_source(model: ALSModel) -> None:
+    rec = OnlineRecommender(model, device="cpu")
+    rec.set_category(["a0", "b4"], ["shoes", "shoes"])
+    hs: dict[str, UserHistory] = {}
+    _observe(rec, hs, [Event("x", "b4", EventType.PURCHASE, 10.0, category="shoes")])
+    cand, _ = rec._candidates([history("u", ["a0"], t0=20.0)], [{"a0"}])
+    same = cand.x[:, FEATURES.index("same_category")]
+    assert same[cand.row == rec.trending.rows["b4"]].tolist() == [1.0]
+
+
+def test_the_ranker_learns_which_source_predicts_the_next_event(model: ALSModel) -> None:
+    rec = OnlineRecommender(model, device="cpu")
+    hs: dict[str, UserHistory] = {}
+    w0 = rec.trending.w.copy()
+    t = 0.0
+    for j in range(40):  # every user goes a-item -> the b-item the rules know, never fold-in's choice
+        t += 100.0
+        _observe(rec, hs, [Event(f"u{j}", f"a{j % 3}", EventType.VIEW, t), Event(f"u{j}", f"b{j % 3}", EventType.VIEW, t + 1)])
+    assert rec.trending.trained_lists > 0
+    assert not np.array_equal(rec.trending.w, w0)
+    [lst] = rec.recommend([history("new", ["a1"], t0=t + 10)], k=1)
+    assert ids(lst) == ["b1"]
+
+
+def test_everything_stays_finite_for_events_far_out_of_time_order(model: ALSModel) -> None:
+    rec = OnlineRecommender(model, device="cpu")
+    hs: dict[str, UserHistory] = {}
+    times = [1.7e9, 1e11, 1.7e9 + 5, -1e11, 1e11 + 1, 0.0]
+    for j, t in enumerate(times):
+        _observe(rec, hs, [Event("u", f"a{j % 6}", EventType.VIEW, t), Event("v", f"b{j % 6}", EventType.PURCHASE, -t)])
+    assert np.isfinite(rec.trending.trend).all() and np.isfinite(rec.trending.w).all()
+    lists = rec.recommend([hs["u"], hs["v"], history("w", ["a0"])], k=K)
+    assert all(len(lst) == K and all(math.isfinite(s) for _, s in lst) for lst in lists)
+
+
+def test_batch_of_users_equals_one_by_one(model: ALSModel) -> None:
+    rec = OnlineRecommender(model, device="cpu")
+    hs: dict[str, UserHistory] = {}
+    for j in range(6):
+        _observe(rec, hs, [Event(f"u{j}", f"a{j}", EventType.VIEW, 10.0 * j), Event(f"u{j}", f"b{j}", EventType.VIEW, 10.0 * j + 1)])
+    users = [hs[f"u{j}"] for j in range(6)] + [history("c", ["a1", "b2"])]
+    together = rec.recommend(users, k=K)
+    alone = [rec.recommend([h], k=K)[0] for h in users]
+    assert [ids(x) for x in together] == [ids(x) for x in alone]

@@ -1,4 +1,4 @@
-"""Tests for model_core.synth: the synthetic e-commerce event log."""
+"""Tests for model_core.offline.synth: the synthetic e-commerce event log."""
 
 from __future__ import annotations
 
@@ -17,7 +17,13 @@ from hypothesis import strategies as st
 
 from model_core.errors import ConfigError
 from model_core.events import Event, EventType, event_from_dict
-from model_core.synth import SynthCatalog, SynthConfig, generate_events, make_catalog, write_log
+from model_core.offline.synth import (
+    SynthCatalog,
+    SynthConfig,
+    generate_events,
+    make_catalog,
+    write_log,
+)
 
 SMALL = SynthConfig(users=500, items=400, events=20_000, clusters=10, seed=3)
 

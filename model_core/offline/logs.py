@@ -68,6 +68,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+import logging
 import math
 import os
 import zlib
@@ -79,16 +80,18 @@ from typing import ClassVar, TextIO
 from model_core.errors import BadInputError, ConfigError
 from model_core.events import Event, EventType, event_from_json, parse_event_type
 
+log = logging.getLogger(__name__)
+
 __all__ = [
-    "FORMATS",
     "AUTO",
-    "SESSION_USER_PREFIX",
     "COLUMN_KEYS",
+    "FORMATS",
+    "SESSION_USER_PREFIX",
     "ReadReport",
     "detect_format",
-    "read_events",
     "parse_columns",
     "parse_type_map",
+    "read_events",
 ]
 
 FORMATS: tuple[str, ...] = (
@@ -504,7 +507,9 @@ def _conv_retailrocket(ix: dict[str, int], types: dict[str, EventType]) -> _Conv
 def _conv_yoo_clicks(ix: dict[str, int], types: dict[str, EventType]) -> _Conv:
     def conv(row: list[str]) -> Event:
         s = row[0].strip()
-        return Event(s, row[2].strip(), EventType.CLICK, _flex_time(row[1]), session_id=s)
+        cat = row[3].strip()
+        return Event(s, row[2].strip(), EventType.CLICK, _flex_time(row[1]), session_id=s,
+                     category=None if cat in ("", "0") else cat)
 
     return conv
 
@@ -535,25 +540,33 @@ def _conv_yoo_tsv(ix: dict[str, int], types: dict[str, EventType]) -> _Conv:
     return conv
 
 
-def _conv_dig_views(ix: dict[str, int], types: dict[str, EventType]) -> _Conv:
+def _conv_dig_views(
+    ix: dict[str, int], types: dict[str, EventType], categories: dict[str, str] | None = None
+) -> _Conv:
+    cats = categories or {}
     isess, iuser, iitem = ix["sessionid"], ix["userid"], ix["itemid"]
     itf, idate = ix["timeframe"], ix["eventdate"]
     cache: dict[str, int] = {}
 
     def conv(row: list[str]) -> Event:
         s = row[isess].strip()
+        item = row[iitem].strip()
         return Event(
             _session_user(row[iuser].strip(), s),
-            row[iitem].strip(),
+            item,
             EventType.VIEW,
             _day_plus_ms(row[idate], row[itf], cache),
             session_id=s or None,
+            category=cats.get(item),
         )
 
     return conv
 
 
-def _conv_dig_purchases(ix: dict[str, int], types: dict[str, EventType]) -> _Conv:
+def _conv_dig_purchases(
+    ix: dict[str, int], types: dict[str, EventType], categories: dict[str, str] | None = None
+) -> _Conv:
+    cats = categories or {}
     isess, iuser, iitem = ix["sessionid"], ix["userid"], ix["itemid"]
     itf, idate, iorder = ix["timeframe"], ix["eventdate"], ix["ordernumber"]
     cache: dict[str, int] = {}
@@ -569,6 +582,7 @@ def _conv_dig_purchases(ix: dict[str, int], types: dict[str, EventType]) -> _Con
             _day_plus_ms(row[idate], row[itf], cache),
             event_id=f"{order}:{item}" if order else None,
             session_id=s or None,
+            category=cats.get(item),
         )
 
     return conv
@@ -576,7 +590,9 @@ def _conv_dig_purchases(ix: dict[str, int], types: dict[str, EventType]) -> _Con
 
 def _conv_taobao(ix: dict[str, int], types: dict[str, EventType]) -> _Conv:
     def conv(row: list[str]) -> Event:
-        return Event(row[0].strip(), row[1].strip(), _lookup_type(types, row[3]), _seconds(row[4]))
+        cat = row[2].strip()
+        return Event(row[0].strip(), row[1].strip(), _lookup_type(types, row[3]), _seconds(row[4]),
+                     category=cat or None)
 
     return conv
 
@@ -801,7 +817,40 @@ def read_events(
         types = _type_table(_CSV_TYPES, type_map)
         return _read_delimited(p, rep, layout, lambda _ix, _t: _conv_csv(ix, _t), types, ix)
     layout, factory, base = _DELIMITED[fmt]
+    if fmt in ("diginetica-views", "diginetica-purchases"):
+        cats = _diginetica_categories(p)
+        if cats:
+            with_cats = factory
+
+            def factory(ix: dict[str, int], types: dict[str, EventType]) -> _Conv:
+                return with_cats(ix, types, cats)  # type: ignore[call-arg]
     return _read_delimited(p, rep, layout, factory, _type_table(base, type_map))
+
+
+DIGINETICA_CATEGORIES = ("product-categories.csv", "product-categories.csv.gz")
+
+
+def _diginetica_categories(path: str) -> dict[str, str]:
+    """item id -> category id from DIGINETICA's ``product-categories.csv[.gz]`` beside ``path``.
+
+    The file (``itemId;categoryId``) is optional: without it events carry no category.
+    """
+    folder = os.path.dirname(os.path.abspath(path))
+    for name in DIGINETICA_CATEGORIES:
+        cpath = os.path.join(folder, name)
+        if not os.path.exists(cpath):
+            continue
+        out: dict[str, str] = {}
+        try:
+            with _open_text(cpath) as f:
+                for row in csv.reader(f, delimiter=";"):
+                    if len(row) == 2 and row[0].strip().isdigit():
+                        out[row[0].strip()] = row[1].strip()
+        except (OSError, UnicodeDecodeError, csv.Error, EOFError) as exc:
+            log.warning("ignoring DIGINETICA categories %s: %s", cpath, exc)
+            return {}
+        return out
+    return {}
 
 
 def _csv_header(path: str) -> tuple[str, list[str]]:

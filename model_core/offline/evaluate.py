@@ -13,32 +13,24 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
 from model_core.als import ALSModel, train_als
-from model_core.baselines import CoVisitation, Popular, Trending
+from model_core.baselines import CoVisitation, Popular, SequentialRules, SessionKNN, Trending
 from model_core.config import ALSConfig, FoldInConfig
 from model_core.errors import BadInputError, ConfigError
 from model_core.events import Event, EventType
 from model_core.index import IndexConfig, ItemIndex
-from model_core.online import OnlineRecommender
-from model_core.state import UserHistory
+from model_core.online import OnlineRecommender, ServedRecommender
+from model_core.reco import BaseRecommender, Ranked
 
-__all__ = ["PrequentialModel", "MODELS", "prequential", "hit_rank"]
+__all__ = ["MODELS", "hit_rank", "prequential"]
 
 log = logging.getLogger(__name__)
-
-
-class PrequentialModel(Protocol):
-    """What the evaluation loop needs of a model."""
-
-    def recommend(self, user_id: str, k: int, exclude: set[str]) -> list[str]: ...
-
-    def learn(self, event: Event) -> None: ...
 
 
 @dataclass
@@ -54,35 +46,13 @@ class _Context:
         self.popular.fit(self.train)
 
 
-class IncrementalModel:
-    """The model the streaming worker serves: fold-in of decayed history + FAISS + trending."""
-
-    def __init__(self, ctx: _Context) -> None:
-        self.rec = OnlineRecommender(ctx.model, ctx.foldin, device=ctx.device)
-        self.weights = ctx.model.config.weights
-        self.foldin = ctx.foldin
-        self.histories: dict[str, UserHistory] = {}
-        self.rec.trending.learn(ctx.train)
-        for ev in ctx.train:
-            self._history(ev.user_id).add(ev, self.weights, self.foldin)
-
-    def _history(self, user: str) -> UserHistory:
-        h = self.histories.get(user)
-        if h is None:
-            h = self.histories[user] = UserHistory(user)
-        return h
-
-    def recommend(self, user_id: str, k: int, exclude: set[str]) -> list[str]:
-        [lst] = self.rec.recommend([self._history(user_id)], k, [exclude])
-        return [i for i, _ in lst]
-
-    def learn(self, event: Event) -> None:
-        h = self._history(event.user_id)
-        h.add(event, self.weights, self.foldin)
-        self.rec.observe([event], {event.user_id: h})
+def _incremental(ctx: _Context) -> BaseRecommender:
+    served = ServedRecommender(OnlineRecommender(ctx.model, ctx.foldin, device=ctx.device))
+    served.fit(ctx.train)
+    return served
 
 
-class StaticModel:
+class StaticModel(BaseRecommender):
     """MF with user vectors frozen at the split; unknown users get popular items."""
 
     def __init__(self, ctx: _Context) -> None:
@@ -92,53 +62,40 @@ class StaticModel:
         self.index = ItemIndex.build(m.item_ids, m.item_factors, IndexConfig(), device=ctx.device)
         self.popular = ctx.popular
 
-    def recommend(self, user_id: str, k: int, exclude: set[str]) -> list[str]:
-        r = self.users.get(user_id)
-        if r is None:
-            return [i for i, _ in self.popular.top(k, exclude)]
-        [lst] = self.index.search(self.vectors[r : r + 1], k, [exclude])
-        return [i for i, _ in lst]
+    def fit(self, events: Sequence[Event]) -> None:
+        pass  # trained with the ALS model
 
-    def learn(self, event: Event) -> None:
+    def learn(self, events: Sequence[Event]) -> None:
         pass
 
-
-class PopularModel:
-    def __init__(self, ctx: _Context) -> None:
-        self.popular = ctx.popular
-
-    def recommend(self, user_id: str, k: int, exclude: set[str]) -> list[str]:
-        return [i for i, _ in self.popular.top(k, exclude)]
-
-    def learn(self, event: Event) -> None:
-        pass
-
-
-class TrendingModel:
-    def __init__(self, ctx: _Context) -> None:
-        self.trending = Trending(weights=ctx.model.config.weights)
-        self.trending.learn(ctx.train)
-
-    def recommend(self, user_id: str, k: int, exclude: set[str]) -> list[str]:
-        return [i for i, _ in self.trending.top(k, exclude)]
-
-    def learn(self, event: Event) -> None:
-        self.trending.learn((event,))
+    def recommend(
+        self, users: Sequence[str], k: int, exclude: Sequence[Collection[str]] | None = None
+    ) -> list[Ranked]:
+        ex = exclude if exclude is not None else [()] * len(users)
+        out: list[Ranked] = []
+        for u, e in zip(users, ex):
+            r = self.users.get(u)
+            if r is None:
+                out.append(self.popular.top(k, e))
+            else:
+                out += self.index.search(self.vectors[r : r + 1], k, [e])
+        return out
 
 
-class CoVisitModel:
-    def __init__(self, ctx: _Context) -> None:
-        self.covisit = CoVisitation(weights=ctx.model.config.weights)
-        self.covisit.learn(ctx.train)
-
-    def recommend(self, user_id: str, k: int, exclude: set[str]) -> list[str]:
-        return [i for i, _ in self.covisit.recommend(user_id, k, exclude)]
-
-    def learn(self, event: Event) -> None:
-        self.covisit.learn((event,))
+def _popular(ctx: _Context) -> BaseRecommender:
+    return ctx.popular
 
 
-class ImplicitModel:
+def _fitted(cls: Callable[..., BaseRecommender]) -> Callable[[_Context], BaseRecommender]:
+    def make(ctx: _Context) -> BaseRecommender:
+        m = cls(weights=ctx.model.config.weights)
+        m.fit(ctx.train)
+        return m
+
+    return make
+
+
+class ImplicitModel(BaseRecommender):
     """benfred/implicit's ALS, same data and hyper-parameters, ``recalculate_user=True``.
 
     Each user's whole history so far (no decay, no bound) is handed to
@@ -183,32 +140,44 @@ class ImplicitModel:
             cell = self.cells.setdefault(ev.user_id, {})
             cell[r] = cell.get(r, 0.0) + self.weights.of(ev)
 
-    def recommend(self, user_id: str, k: int, exclude: set[str]) -> list[str]:
+    def fit(self, events: Sequence[Event]) -> None:
+        pass  # fitted on the training events in __init__
+
+    def learn(self, events: Sequence[Event]) -> None:
+        for ev in events:
+            self._add(ev)
+
+    def recommend(
+        self, users: Sequence[str], k: int, exclude: Sequence[Collection[str]] | None = None
+    ) -> list[Ranked]:
+        ex = exclude if exclude is not None else [()] * len(users)
+        return [self._one(u, k, e) for u, e in zip(users, ex)]
+
+    def _one(self, user_id: str, k: int, exclude: Collection[str]) -> Ranked:
         cell = self.cells.get(user_id)
         if not cell:
-            return [i for i, _ in self.popular.top(k, exclude)]
+            return self.popular.top(k, exclude)
         cols = np.fromiter(cell.keys(), dtype=np.int32)
         data = np.asarray([self._conf(w, self.cfg) for w in cell.values()], dtype=np.float32)
         row = self._sp.csr_matrix((data, (np.zeros_like(cols), cols)), shape=(1, len(self.items)))
         banned = np.fromiter((self.items[i] for i in exclude if i in self.items), dtype=np.int64)
-        ids, _ = self.als.recommend(
+        ids, scores = self.als.recommend(
             0, row, N=k, recalculate_user=True, filter_already_liked_items=False, filter_items=banned
         )
-        return [self.names[i] for i in ids if i >= 0]
-
-    def learn(self, event: Event) -> None:
-        self._add(event)
+        return [(self.names[i], float(s)) for i, s in zip(ids, scores) if i >= 0]
 
 
-MODELS: dict[str, Callable[[_Context], PrequentialModel]] = {
-    "incremental": IncrementalModel,
+MODELS: dict[str, Callable[[_Context], BaseRecommender]] = {
+    "incremental": _incremental,
     "static": StaticModel,
-    "popular": PopularModel,
-    "trending": TrendingModel,
-    "covisit": CoVisitModel,
+    "popular": _popular,
+    "trending": _fitted(Trending),
+    "covisit": _fitted(CoVisitation),
+    "sr": _fitted(SequentialRules),
+    "vsknn": _fitted(SessionKNN),
     "implicit": ImplicitModel,
 }
-DEFAULT_MODELS = ("incremental", "static", "popular", "trending", "covisit")
+DEFAULT_MODELS = ("incremental", "static", "popular", "trending", "covisit", "sr", "vsknn")
 
 
 def hit_rank(ranked: Sequence[str], target: str) -> int | None:
@@ -229,10 +198,14 @@ class _Score:
     p_hits: int = 0
     p_ndcg: float = 0.0
     seconds: float = 0.0
+    exposure: dict[str, int] = field(default_factory=dict)  # item -> lists it appeared in
 
-    def add(self, rank: int | None, purchase: bool) -> None:
+    def add(self, rank: int | None, purchase: bool, ranked: Sequence[str] = ()) -> None:
         self.points += 1
         self.p_points += purchase
+        exp = self.exposure
+        for item in ranked:
+            exp[item] = exp.get(item, 0) + 1
         if rank is not None:
             gain = 1.0 / math.log2(rank + 2)
             self.hits += 1
@@ -242,11 +215,11 @@ class _Score:
                 self.p_hits += 1
                 self.p_ndcg += gain
 
-    def report(self, n_events: int) -> dict[str, float | None]:
+    def report(self, n_events: int, catalog: _Catalog | None = None) -> dict[str, float | None]:
         def ratio(a: float, b: int) -> float | None:
             return round(a / b, 6) if b else None
 
-        return {
+        out: dict[str, float | None] = {
             "hr": ratio(self.hits, self.points),
             "ndcg": ratio(self.ndcg, self.points),
             "mrr": ratio(self.rr, self.points),
@@ -254,12 +227,53 @@ class _Score:
             "purchase_ndcg": ratio(self.p_ndcg, self.p_points),
             "events_per_s": round(n_events / self.seconds, 1) if self.seconds > 0 else None,
         }
+        if catalog is not None:
+            out.update(catalog.beyond_accuracy(self.exposure))
+        return out
+
+
+@dataclass
+class _Catalog:
+    """Every item of the log, and its popularity percentile in the training events."""
+
+    items: list[str]
+    percentile: dict[str, float]
+
+    @classmethod
+    def of(cls, train: Sequence[Event], test: Sequence[Event]) -> _Catalog:
+        counts: dict[str, int] = {}
+        for ev in train:
+            counts[ev.item_id] = counts.get(ev.item_id, 0) + 1
+        items = list(dict.fromkeys([*counts, *(ev.item_id for ev in test)]))
+        c = np.array([counts.get(i, 0) for i in items], dtype=np.float64)
+        # percentile = share of catalog items strictly less popular (1.0 = the most popular item)
+        pct = np.searchsorted(np.sort(c), c, side="left") / max(1, len(items) - 1)
+        return cls(items, dict(zip(items, np.minimum(pct, 1.0).tolist())))
+
+    def beyond_accuracy(self, exposure: dict[str, int]) -> dict[str, float | None]:
+        """coverage@K, exposure Gini and mean popularity percentile of everything recommended."""
+        if not exposure:
+            return {"coverage": None, "gini": None, "pop_percentile": None}
+        n = len(self.items)
+        counts = np.zeros(max(n, 1), dtype=np.float64)
+        covered = [exposure.get(i, 0) for i in self.items]
+        counts[: len(covered)] = covered
+        x = np.sort(counts)
+        total = x.sum()
+        gini = float(((2 * np.arange(1, len(x) + 1) - len(x) - 1) * x).sum() / (len(x) * total)) if total else 0.0
+        pct = self.percentile
+        pop = sum(pct.get(i, 0.0) * c for i, c in exposure.items()) / sum(exposure.values())
+        return {
+            "coverage": round(sum(1 for c in covered if c) / max(n, 1), 6),
+            "gini": round(gini, 6),
+            "pop_percentile": round(pop, 6),
+        }
 
 
 def _score_stream(
     train: Sequence[Event],
     test: Sequence[Event],
-    models: dict[str, PrequentialModel],
+    models: dict[str, BaseRecommender],
     scores: dict[str, _Score],
     k: int,
     progress: bool = False,
@@ -276,12 +290,13 @@ def _score_stream(
             purchase = ev.type is EventType.PURCHASE
             for name, m in models.items():
                 t = time.perf_counter()
-                ranked = m.recommend(ev.user_id, k, s)
+                [lst] = m.recommend([ev.user_id], k, [s])
                 scores[name].seconds += time.perf_counter() - t
-                scores[name].add(hit_rank(ranked[:k], ev.item_id), purchase)
+                ranked = [i for i, _ in lst[:k]]
+                scores[name].add(hit_rank(ranked, ev.item_id), purchase, ranked)
         for name, m in models.items():
             t = time.perf_counter()
-            m.learn(ev)
+            m.learn([ev])
             scores[name].seconds += time.perf_counter() - t
         if s is None:
             seen[ev.user_id] = {ev.item_id}
@@ -318,7 +333,7 @@ def prequential(
     model = train_als(train, als, device=device, progress=progress)
     train_s = time.perf_counter() - t0
     ctx = _Context(train, model, foldin or FoldInConfig(), device)
-    built: dict[str, PrequentialModel] = {}
+    built: dict[str, BaseRecommender] = {}
     for name in models:
         t = time.perf_counter()
         built[name] = MODELS[name](ctx)
@@ -327,6 +342,7 @@ def prequential(
 
     _score_stream(train, test, built, scores, k, progress)
 
+    catalog = _Catalog.of(train, test)
     any_score = next(iter(scores.values()))
     report: dict[str, Any] = {
         "k": k,
@@ -337,7 +353,7 @@ def prequential(
         "purchase_eval_points": any_score.p_points,
         "model_version": model.version,
         "train_seconds": round(train_s, 2),
-        "models": {name: sc.report(len(test)) for name, sc in scores.items()},
+        "models": {name: sc.report(len(test), catalog) for name, sc in scores.items()},
     }
     if "incremental" in scores:
         inc = report["models"]["incremental"]

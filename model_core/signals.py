@@ -1,0 +1,630 @@
+"""The served model's online signals: candidate sources and the ranker that merges them.
+
+``StreamSignals`` is learned from the event stream alone (no retrain) and is
+independent of the MF model version, so a worker carries it over when it swaps a
+new model in. It holds, over one growing item vocabulary:
+
+- trending (event-time decayed popularity) and all-time popularity, per item;
+- item categories, where events or the catalog carry them (category trending);
+- ``sr``: directional sequential rules "a, then b within ``sr_steps`` items of one
+  session", weighted ``w(b) / gap`` (Ludewig & Jannach's SR, online);
+- ``covisit``: symmetric co-visitation within a user's last ``covisit_window``
+  items, whatever the time between them (repeat buyers, baskets, ratings);
+- the ranker: a linear softmax model over per-candidate features, trained online
+  by :meth:`StreamSignals.train_step`: each event is the label of the list that
+  was due just before it.
+
+All state is keyed by item; per-user state stays in ``UserHistory``. Every
+update is finite for any validated event (exponents are clamped, no overflow
+for events far out of time order).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from model_core.config import EventWeights
+from model_core.events import Event
+
+__all__ = ["FEATURES", "Candidates", "SignalsConfig", "StreamSignals"]
+
+_MAX_EXP = 60.0  # 2**60: rescale trending to a new anchor beyond this
+_MIN_EXP = -1000.0  # 2**-1000 is 0 for all purposes and still a normal float
+
+FEATURES = (
+    "sr_last", "sr_last_norm", "sr_ctx", "covisit", "covisit_norm", "knn", "knn_norm",
+    "sr_rank", "covisit_rank", "knn_rank",
+    "fold_score", "fold_rank", "fold_hit", "trend", "trend_rank", "popularity",
+    "same_category", "category_rank", "freshness",
+    "sr_x_hist", "fold_x_hist", "covisit_x_hist", "trend_x_hist", "sr_x_new_session", "covisit_x_new_session",
+)
+_F = len(FEATURES)
+_IX = {name: i for i, name in enumerate(FEATURES)}
+
+
+@dataclass(frozen=True)
+class SignalsConfig:
+    """Defaults chosen for mechanism, not for one log (see docs/model_core.md)."""
+
+    trending_half_life_s: float = 86400.0
+    session_gap_s: float = 1800.0  # SR rules only within one session (no gap above this)
+    sr_steps: int = 10  # SR: rules up to this many items apart
+    covisit_window: int = 5  # co-visitation: pairs among a user's last N distinct items
+    neighbours: int = 50  # top edges kept per item for candidate generation
+    max_edges: int = 1000  # edges per item before the weaker half is pruned
+    context: int = 5  # a user's last N items query the item graphs
+    knn_sessions: int = 65536  # recent sessions kept for session kNN (ring buffer)
+    knn_session_len: int = 20  # newest distinct items kept per session
+    knn_postings: int = 50  # most recent sessions remembered per item
+    knn_query: int = 5  # a user's newest items that look for neighbour sessions
+    knn_neighbours: int = 100  # most similar sessions that vote
+    source_candidates: int = 30  # best candidates per user kept from each item-graph / kNN source
+    fold_candidates: int = 30  # from the fold-in embedding through the index
+    trending_candidates: int = 30
+    category_candidates: int = 20
+    hidden: int = 16  # ranker: linear part plus this many tanh units (0 = linear only)
+    learning_rate: float = 0.1
+    replay: int = 0  # earlier lists re-learned per new list (0 = none)
+    replay_lists: int = 4096  # lists kept for replay
+    rms_decay: float = 1.0  # 1.0 = Adagrad; below 1, RMSprop (a step size that does not vanish)
+    train_per_batch: int = 64  # most events a batch trains the ranker on
+
+
+# Prior weights: a sensible list before the ranker has seen any event.
+_PRIOR = {"knn_norm": 1.0, "sr_last_norm": 1.0, "sr_ctx": 0.5, "covisit_norm": 1.0, "covisit": 0.3, "fold_rank": 1.0,
+          "trend_rank": 0.3, "category_rank": 0.2, "trend": 0.2}
+
+
+class _ItemGraph:
+    """Weighted item -> item edges, learned online, with a lazily refreshed top-M table."""
+
+    def __init__(self, m: int, max_edges: int) -> None:
+        self.m = m
+        self.max_edges = max_edges
+        self.edges: list[dict[int, float]] = []
+        self.top_rows = np.full((0, m), -1, dtype=np.int64)
+        self.top_w = np.zeros((0, m), dtype=np.float64)
+        self.dirty = np.zeros(0, dtype=bool)
+
+    def grow(self, n: int) -> None:
+        have = len(self.edges)
+        if n <= have:
+            return
+        self.edges.extend({} for _ in range(n - have))
+        cap = len(self.dirty)
+        if n > cap:
+            new = max(n, 2 * cap, 1024)
+            self.top_rows = np.concatenate([self.top_rows, np.full((new - cap, self.m), -1, np.int64)])
+            self.top_w = np.concatenate([self.top_w, np.zeros((new - cap, self.m))])
+            self.dirty = np.concatenate([self.dirty, np.zeros(new - cap, dtype=bool)])
+
+    def add(self, a: int, b: int, w: float) -> None:
+        e = self.edges[a]
+        e[b] = e.get(b, 0.0) + w
+        if len(e) > self.max_edges:
+            keep = sorted(e.items(), key=lambda kv: kv[1], reverse=True)[: self.max_edges // 2]
+            e.clear()
+            e.update(keep)
+        self.dirty[a] = True
+
+    def neighbours(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Top-M neighbour rows and weights of ``rows`` (any shape; -1 = none): shape + (M,)."""
+        flat = rows.reshape(-1)
+        valid = flat >= 0
+        need = np.unique(flat[valid])
+        need = need[self.dirty[need]]
+        m = self.m
+        for r in need.tolist():
+            e = self.edges[r]
+            n = len(e)
+            keys = np.fromiter(e.keys(), np.int64, n)
+            vals = np.fromiter(e.values(), np.float64, n)
+            if n > m:
+                part = np.argpartition(-vals, m - 1)[:m]
+                keys, vals = keys[part], vals[part]
+            self.top_rows[r, :] = -1
+            self.top_w[r, :] = 0.0
+            self.top_rows[r, : len(keys)] = keys
+            self.top_w[r, : len(keys)] = vals
+            self.dirty[r] = False
+        safe = np.where(valid, flat, 0)
+        nb = np.where(valid[:, None], self.top_rows[safe], -1)
+        w = np.where(valid[:, None], self.top_w[safe], 0.0)
+        return nb.reshape(*rows.shape, m), w.reshape(*rows.shape, m)
+
+
+class _SessionStore:
+    """Recent sessions for session kNN: a ring of slots, and per item its latest sessions.
+
+    A slot holds one session's newest distinct items (rows, newest first). Each
+    item remembers the last ``postings`` (slot, generation) pairs it appeared in;
+    a recycled slot gets a new generation, so stale postings are ignored.
+    """
+
+    def __init__(self, slots: int, length: int, postings: int) -> None:
+        self.items = np.full((slots, length), -1, dtype=np.int64)
+        self.gen = np.zeros(slots, dtype=np.int64)
+        self.last_time = np.full(slots, -np.inf)
+        self.p = postings
+        self.post_slot = np.full((0, postings), -1, dtype=np.int64)
+        self.post_gen = np.full((0, postings), -1, dtype=np.int64)
+        self.post_next = np.zeros(0, dtype=np.int64)
+        self.owner: dict[str, tuple[int, int]] = {}  # session key -> (slot, generation)
+        self._next = 0
+
+    def grow(self, n: int) -> None:
+        have = len(self.post_next)
+        if n > have:
+            new = max(n, 2 * have, 1024) - have
+            self.post_slot = np.concatenate([self.post_slot, np.full((new, self.p), -1, np.int64)])
+            self.post_gen = np.concatenate([self.post_gen, np.full((new, self.p), -1, np.int64)])
+            self.post_next = np.concatenate([self.post_next, np.zeros(new, np.int64)])
+
+    def slot_of(self, key: str, time: float, gap_s: float) -> int:
+        """The key's current slot; a new one when it has none or was idle longer than ``gap_s``."""
+        have = self.owner.get(key)
+        if have is not None:
+            slot, g = have
+            if self.gen[slot] == g and abs(time - self.last_time[slot]) <= gap_s:
+                return slot
+        slot = self._next
+        self._next = (self._next + 1) % len(self.gen)
+        self.gen[slot] += 1
+        self.items[slot] = -1
+        self.last_time[slot] = time
+        self.owner[key] = (slot, int(self.gen[slot]))
+        if len(self.owner) > 2 * len(self.gen):  # forget keys whose slot was recycled
+            self.owner = {k: v for k, v in self.owner.items() if self.gen[v[0]] == v[1]}
+        return slot
+
+    def own_slot(self, key: str) -> int:
+        have = self.owner.get(key)
+        return have[0] if have is not None and self.gen[have[0]] == have[1] else -1
+
+    def put(self, slot: int, items: list[int], time: float, new_items: Iterable[int]) -> None:
+        """Set the slot's items (newest first); post it on ``new_items``."""
+        n = min(len(items), self.items.shape[1])
+        self.items[slot] = -1
+        self.items[slot, :n] = items[:n]
+        self.last_time[slot] = max(self.last_time[slot], time)
+        g = self.gen[slot]
+        for r in new_items:
+            ps = self.post_slot[r]
+            if np.any((ps == slot) & (self.post_gen[r] == g)):
+                continue
+            j = self.post_next[r]
+            ps[j] = slot
+            self.post_gen[r, j] = g
+            self.post_next[r] = (j + 1) % self.p
+
+    def scores(
+        self, query: np.ndarray, own: np.ndarray, neighbours: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """V-SKNN votes for a batch: (user, row, score) from each user's query items [B, Q].
+
+        Query weight ``1 / (1 + position)`` (position 0 = newest); similarity = dot
+        product with a neighbour's binary item set; the ``neighbours`` most similar
+        sessions vote ``similarity / distance`` to their item nearest the query's
+        newest shared item.
+        """
+        b, q = query.shape
+        qw = np.broadcast_to(1.0 / (1.0 + np.arange(q)), (b, q))
+        safe = np.maximum(query, 0)
+        ps = self.post_slot[safe]  # [B, Q, P]
+        ok = (query >= 0)[:, :, None] & (ps >= 0)
+        ok &= self.gen[np.maximum(ps, 0)] == self.post_gen[safe]
+        ok &= ps != own[:, None, None]
+        user = np.broadcast_to(np.arange(b)[:, None, None], ps.shape)[ok]
+        qidx = np.broadcast_to(np.arange(q)[None, :, None], ps.shape)[ok]
+        slot = ps[ok]
+        w = np.broadcast_to(qw[:, :, None], ps.shape)[ok]
+        empty = np.zeros(0, dtype=np.int64)
+        if len(slot) == 0:
+            return empty, empty, np.zeros(0)
+        nslots = len(self.gen)
+        key, inv = np.unique(user * nslots + slot, return_inverse=True)
+        sim = np.bincount(inv, weights=w)
+        newest = np.full(len(key), q)
+        np.minimum.at(newest, inv, qidx)  # the query's newest item the session shares
+        nu, ns = key // nslots, key % nslots
+        order = np.lexsort((-self.last_time[ns], -sim, nu))
+        nu, ns, sim, newest = nu[order], ns[order], sim[order], newest[order]
+        rank = np.arange(len(nu)) - np.searchsorted(nu, nu, side="left")
+        top = rank < neighbours
+        nu, ns, sim, newest = nu[top], ns[top], sim[top], newest[top]
+        items = self.items[ns]  # [N, Ls]
+        match = np.argmax(items == query[nu, newest][:, None], axis=1)
+        dist = np.abs(np.arange(items.shape[1])[None, :] - match[:, None])
+        vote = np.where((items >= 0) & (dist > 0), sim[:, None] / np.maximum(dist, 1), 0.0)
+        keep = vote > 0
+        vu = np.broadcast_to(nu[:, None], items.shape)[keep]
+        return vu, items[keep], vote[keep]
+
+
+def _top_per_user(
+    user: np.ndarray, row: np.ndarray, v: int, n: int, score: np.ndarray, *more: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+    """Sum ``score`` (and ``more``) per (user, row) and keep each user's n best rows.
+
+    Returns (user, row, [summed score, summed more...]), sorted by user then score.
+    """
+    user, row = user.ravel(), row.ravel()
+    ok = row >= 0
+    key = user[ok] * v + row[ok]
+    vals = [score.ravel()[ok], *(m.ravel()[ok] for m in more)]
+    uniq, inv = np.unique(key, return_inverse=True)
+    sums = [np.bincount(inv, weights=x, minlength=len(uniq)) for x in vals]
+    u, r = uniq // v, uniq % v
+    order = np.lexsort((-sums[0], u))
+    u, r = u[order], r[order]
+    rank = np.arange(len(u)) - np.searchsorted(u, u, side="left")
+    keep = (rank < n) & (sums[0][order] > 0)
+    return u[keep], r[keep], [x[order][keep] for x in sums]
+
+
+def _user_max(user: np.ndarray, val: np.ndarray, b: int) -> np.ndarray:
+    """[B] each user's largest value (a tiny positive where a user has none)."""
+    out = np.full(b, 1e-12)
+    np.maximum.at(out, user, val)
+    return out
+
+
+def _rank_feature(user: np.ndarray, val: np.ndarray) -> np.ndarray:
+    """1 / (1 + rank) of each value among its user's; rows already sorted by user, value desc."""
+    return 1.0 / (1.0 + np.arange(len(user)) - np.searchsorted(user, user, side="left"))
+
+
+@dataclass
+class Candidates:
+    """A batch's candidate lists, flattened: candidate c belongs to user ``user[c]``."""
+
+    user: np.ndarray  # [N] int64, sorted
+    row: np.ndarray  # [N] int64 vocabulary rows
+    x: np.ndarray  # [N, F] float64 features
+
+
+class StreamSignals:
+    """Online item statistics, item graphs and the ranker (see the module docstring).
+
+    Keeps ``learn(events)`` / ``top(k, exclude)`` of the trending fallback it
+    replaces, so it is also the served model's ``trending``.
+    """
+
+    def __init__(self, config: SignalsConfig | None = None, weights: EventWeights | None = None) -> None:
+        self.config = c = config or SignalsConfig()
+        self.weights = weights or EventWeights()
+        self.ids: list[str] = []
+        self.rows: dict[str, int] = {}
+        self._cap = 0
+        self.trend = np.zeros(0)
+        self.count = np.zeros(0)
+        self.last_seen = np.zeros(0)
+        self.category = np.zeros(0, dtype=np.int64)
+        self.unavailable = np.zeros(0, dtype=bool)
+        self.categories: dict[str, int] = {}
+        self._members: list[list[int]] = []  # category -> rows
+        self._anchor: float | None = None
+        self.sr = _ItemGraph(c.neighbours, c.max_edges)
+        self.covisit = _ItemGraph(c.neighbours, c.max_edges)
+        self.sessions = _SessionStore(c.knn_sessions, c.knn_session_len, c.knn_postings)
+        self.w = np.zeros(_F)
+        for name, v in _PRIOR.items():
+            self.w[_IX[name]] = v
+        rng = np.random.default_rng(0)
+        self.hw = rng.normal(0.0, 0.3, (c.hidden, _F))  # hidden layer [H, F]
+        self.hb = np.zeros(c.hidden)
+        self.hv = np.zeros(c.hidden)  # hidden -> score: 0, so the prior alone ranks at first
+        self._g2 = [np.full(a.shape, 1e-6) for a in (self.w, self.hw, self.hb, self.hv)]
+        self.trained_lists = 0
+        self._buffer: deque[tuple[np.ndarray, np.ndarray]] = deque(maxlen=c.replay_lists)
+        self._rng = rng
+        self.events = 0
+
+    # -- vocabulary -------------------------------------------------------------
+
+    def row(self, item: str) -> int:
+        r = self.rows.get(item)
+        if r is None:
+            r = self.rows[item] = len(self.ids)
+            self.ids.append(item)
+            if r >= self._cap:
+                self._grow(max(1024, 2 * self._cap))
+            self.sr.grow(r + 1)
+            self.covisit.grow(r + 1)
+            self.sessions.grow(r + 1)
+        return r
+
+    def _grow(self, cap: int) -> None:
+        extra = cap - self._cap
+        self.trend = np.concatenate([self.trend, np.zeros(extra)])
+        self.count = np.concatenate([self.count, np.zeros(extra)])
+        self.last_seen = np.concatenate([self.last_seen, np.full(extra, -np.inf)])
+        self.category = np.concatenate([self.category, np.full(extra, -1, np.int64)])
+        self.unavailable = np.concatenate([self.unavailable, np.zeros(extra, dtype=bool)])
+        self._cap = cap
+
+    def rows_of(self, items: Iterable[str]) -> np.ndarray:
+        return np.fromiter((self.row(i) for i in items), np.int64)
+
+    def set_category(self, items: Iterable[str], categories: Iterable[str | None]) -> None:
+        """Item metadata (catalog or events): an item's category, None to clear it."""
+        for item, cat in zip(items, categories):
+            r = self.row(item)
+            old = int(self.category[r])
+            new = -1 if cat is None else self.categories.setdefault(cat, len(self.categories))
+            if new == old:
+                continue
+            if old >= 0:
+                self._members[old].remove(r)
+            if new >= 0:
+                while len(self._members) <= new:
+                    self._members.append([])
+                self._members[new].append(r)
+            self.category[r] = new
+
+    def set_available(self, items: Iterable[str], available: bool) -> None:
+        for item in items:
+            r = self.row(item)  # may grow the arrays: index after
+            self.unavailable[r] = not available
+
+    # -- learning ---------------------------------------------------------------
+
+    def learn(self, events: Iterable[Event], histories: Mapping[str, object] | None = None) -> None:
+        """Item statistics of a batch: trending, popularity, freshness, categories."""
+        hl = self.config.trending_half_life_s
+        for ev in events:
+            r = self.row(ev.item_id)
+            if ev.category is not None and self.category[r] < 0:
+                self.set_category([ev.item_id], [ev.category])
+            if self._anchor is None:
+                self._anchor = ev.time
+            e = (ev.time - self._anchor) / hl
+            if e > _MAX_EXP:  # move the anchor forward: older scores shrink (maybe to 0)
+                self.trend *= 2.0 ** max(-e, _MIN_EXP)
+                self._anchor = ev.time
+                e = 0.0
+            w = self.weights.of(ev)
+            self.trend[r] += w * 2.0 ** max(e, _MIN_EXP)
+            self.count[r] += w
+            self.last_seen[r] = max(self.last_seen[r], ev.time)
+            self.events += 1
+
+    def learn_sequences(self, sequences: Iterable[tuple[str, list[tuple[int, float]], list[Event]]]) -> None:
+        """Item graphs and sessions from each user's (user, previous items [(row, time)], new events)."""
+        c = self.config
+        wts = self.weights
+        for user, prev, evs in sequences:
+            seq = list(prev)
+            for ev in evs:
+                b = self.row(ev.item_id)
+                w = wts.of(ev)
+                gap = 0
+                for a, t in reversed(seq[-c.sr_steps :]):
+                    gap += 1
+                    if a == b:
+                        continue
+                    if abs(ev.time - t) <= c.session_gap_s:
+                        self.sr.add(a, b, w / gap)
+                    if gap <= c.covisit_window:
+                        self.covisit.add(a, b, w)
+                        self.covisit.add(b, a, w)
+                seq = [(a, t) for a, t in seq if a != b]
+                seq.append((b, ev.time))
+            slot = self.sessions.slot_of(user, evs[0].time, c.session_gap_s)
+            chain: list[int] = []
+            newest = seq[-1][1]
+            for a, t in reversed(seq):
+                if abs(newest - t) > c.session_gap_s or len(chain) == c.knn_session_len:
+                    break
+                chain.append(a)
+                newest = t
+            self.sessions.put(slot, chain, max(ev.time for ev in evs), (self.rows[ev.item_id] for ev in evs))
+
+    # -- trending fallback --------------------------------------------------------
+
+    def top(self, k: int, exclude: Collection[str] = ()) -> list[tuple[str, float]]:
+        """The k most trending available items not in ``exclude``, best first."""
+        n = len(self.ids)
+        want = min(n, k + len(exclude) + int(self.unavailable[:n].sum()))
+        if want <= 0:
+            return []
+        s = self.trend[:n]
+        cand = np.argpartition(-s, want - 1)[:want] if want < n else np.arange(n)
+        cand = cand[np.argsort(-s[cand], kind="stable")]
+        out: list[tuple[str, float]] = []
+        for r in cand.tolist():
+            item = self.ids[r]
+            if s[r] > 0 and item not in exclude and not self.unavailable[r]:
+                out.append((item, float(s[r])))
+                if len(out) == k:
+                    break
+        return out
+
+    def _category_top(self, cats: np.ndarray, t: int) -> tuple[np.ndarray, np.ndarray]:
+        """[B, t] rows of the most trending items in each category (-1 = none) and 1/(1+rank)."""
+        b = len(cats)
+        rows = np.full((b, t), -1, dtype=np.int64)
+        rr = np.zeros((b, t))
+        cache: dict[int, np.ndarray] = {}
+        for i, cat in enumerate(cats.tolist()):
+            if cat < 0:
+                continue
+            top = cache.get(cat)
+            if top is None:
+                members = np.asarray(self._members[cat], dtype=np.int64)
+                s = self.trend[members]
+                if len(members) > t:
+                    members = members[np.argpartition(-s, t - 1)[:t]]
+                    s = self.trend[members]
+                top = cache[cat] = members[np.argsort(-s, kind="stable")][np.sort(s)[::-1] > 0]
+            rows[i, : len(top)] = top
+            rr[i, : len(top)] = 1.0 / (1.0 + np.arange(len(top)))
+        return rows, rr
+
+    # -- candidates and features ----------------------------------------------------
+
+    def candidates(
+        self,
+        last: np.ndarray,
+        last_t: np.ndarray,
+        hist_len: np.ndarray,
+        fold: tuple[np.ndarray, np.ndarray, np.ndarray] | None,
+        own: np.ndarray | None = None,
+    ) -> Candidates:
+        """Merge every source's candidates for a batch of B users into one feature table.
+
+        ``last`` [B, L]: rows of each user's L newest distinct items, newest first
+        (-1 = padding); ``last_t`` [B, L] their times; ``hist_len`` [B] distinct items
+        in the history; ``fold`` (user, row, score) of the fold-in candidates, in rank
+        order per user; ``own`` [B] each user's own session slot (not a neighbour of
+        itself). Each source keeps its ``source_candidates`` best per user. Items of
+        the history are not removed here.
+        """
+        c = self.config
+        b, depth = last.shape
+        v = max(1, len(self.ids))
+        n_src = c.source_candidates
+        parts: list[tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]] = []
+
+        def emit(user: np.ndarray, rows: np.ndarray, **feats: np.ndarray) -> None:
+            parts.append((user, rows, feats))  # unique (user, row) within a source
+
+        # sequential rules: the last item, and the last L items weighted 1/(1+position)
+        nb, w = self.sr.neighbours(last)  # [B, L, M]
+        u3 = np.broadcast_to(np.arange(b)[:, None, None], nb.shape)
+        pos_w = (1.0 / (1.0 + np.arange(depth)))[None, :, None]
+        su, sr_, (ctx, first) = _top_per_user(u3, nb, v, n_src, w * pos_w, np.where(
+            np.arange(depth)[None, :, None] == 0, w, 0.0))
+        emit(su, sr_, sr_last=np.log1p(first), sr_last_norm=first / _user_max(su, first, b)[su],
+             sr_ctx=np.log1p(ctx), sr_rank=_rank_feature(su, ctx))
+        nb, w = self.covisit.neighbours(last)
+        cu, cr, (cw,) = _top_per_user(u3, nb, v, n_src, w * (0.5 ** np.arange(depth))[None, :, None])
+        emit(cu, cr, covisit=np.log1p(cw), covisit_norm=cw / _user_max(cu, cw, b)[cu],
+             covisit_rank=_rank_feature(cu, cw))
+        # session kNN over the user's current session (newest items, no gap above session_gap_s)
+        q = min(c.knn_query, depth)
+        query = last[:, :q].copy()
+        if q > 1:
+            cut = np.cumsum(np.abs(last_t[:, : q - 1] - last_t[:, 1:q]) > c.session_gap_s, axis=1) > 0
+            query[:, 1:][cut] = -1
+        ku, kr, ks = self.sessions.scores(query, own if own is not None else np.full(b, -1), c.knn_neighbours)
+        ku, kr, (ks,) = _top_per_user(ku, kr, v, n_src, ks)
+        emit(ku, kr, knn=np.log1p(ks), knn_norm=ks / _user_max(ku, ks, b)[ku], knn_rank=_rank_feature(ku, ks))
+        if fold is not None:
+            fu, fr, fs = fold
+            rank = np.arange(len(fu)) - np.searchsorted(fu, fu, side="left")
+            emit(fu, fr, fold_score=fs, fold_rank=1.0 / (1.0 + rank), fold_hit=np.ones(len(fu)))
+        n = len(self.ids)
+        t = min(c.trending_candidates, n)
+        if t > 0:
+            s = self.trend[:n]
+            top = np.argpartition(-s, t - 1)[:t] if t < n else np.arange(n)
+            top = top[np.argsort(-s[top], kind="stable")]
+            top = top[s[top] > 0]
+            t = len(top)
+            rr = np.broadcast_to(1.0 / (1.0 + np.arange(t)), (b, t))
+            emit(np.repeat(np.arange(b), t), np.broadcast_to(top, (b, t)).ravel(), trend_rank=rr.ravel())
+        lastcat = np.where(last[:, 0] >= 0, self.category[np.maximum(last[:, 0], 0)], -1)
+        if self._members:
+            crow, crr = self._category_top(lastcat, c.category_candidates)
+            ok = crow >= 0
+            emit(np.broadcast_to(np.arange(b)[:, None], crow.shape)[ok], crow[ok], category_rank=crr[ok])
+
+        keys = [p[0] * v + p[1] for p in parts]
+        uniq, inv = np.unique(np.concatenate(keys), return_inverse=True)
+        feats = np.zeros((len(uniq), _F))
+        at = 0
+        for k_, (_, _, fsrc) in zip(keys, parts):
+            pos = inv[at : at + len(k_)]
+            at += len(k_)
+            for name, val in fsrc.items():
+                feats[pos, _IX[name]] = val
+        user, row = uniq // v, uniq % v
+        # derived item and interaction features
+        for name in ("sr_last_norm", "covisit_norm", "knn_norm", "fold_rank", "fold_hit", "trend_rank",
+                     "category_rank"):
+            np.minimum(feats[:, _IX[name]], 1.0, out=feats[:, _IX[name]])
+        tmax = max(float(self.trend[:n].max(initial=0.0)), 1e-300)
+        feats[:, _IX["trend"]] = np.log1p(1000.0 * self.trend[row] / tmax) / math.log(1001.0)
+        cmax_all = max(float(self.count[:n].max(initial=0.0)), 1.0)
+        feats[:, _IX["popularity"]] = np.log1p(self.count[row]) / math.log1p(cmax_all)
+        lc = lastcat[user]
+        feats[:, _IX["same_category"]] = (lc >= 0) & (self.category[row] == lc)
+        now = last_t[:, 0][user]
+        age = np.maximum(np.nan_to_num(now - self.last_seen[row], nan=0.0, posinf=1e18, neginf=0.0), 0.0)
+        feats[:, _IX["freshness"]] = 1.0 / (1.0 + age / 3600.0)
+        h = (np.log1p(hist_len) / math.log(51.0))[user]
+        feats[:, _IX["sr_x_hist"]] = feats[:, _IX["sr_last_norm"]] * h
+        feats[:, _IX["fold_x_hist"]] = feats[:, _IX["fold_rank"]] * h
+        feats[:, _IX["covisit_x_hist"]] = feats[:, _IX["covisit_norm"]] * h
+        feats[:, _IX["trend_x_hist"]] = feats[:, _IX["trend_rank"]] * h
+        gap = np.where(last[:, 1] >= 0, last_t[:, 0] - last_t[:, 1], 0.0) if depth > 1 else np.zeros(b)
+        new_session = (np.abs(gap) > c.session_gap_s)[user]
+        feats[:, _IX["sr_x_new_session"]] = feats[:, _IX["sr_last_norm"]] * new_session
+        feats[:, _IX["covisit_x_new_session"]] = feats[:, _IX["covisit_norm"]] * new_session
+        np.nan_to_num(feats, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+        return Candidates(user, row, feats)
+
+    # -- ranker ----------------------------------------------------------------
+
+    def _forward(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        h = np.tanh(x @ self.hw.T + self.hb)
+        return x @ self.w + h @ self.hv, h
+
+    def score(self, cand: Candidates) -> np.ndarray:
+        """[N] ranker scores of the candidates (higher = better)."""
+        return self._forward(cand.x)[0]
+
+    def train_step(self, cand: Candidates, target: np.ndarray) -> int:
+        """Adagrad steps of softmax cross-entropy: ``target[b]`` is the row user b chose.
+
+        Lists that do not contain their target teach nothing and are skipped. The
+        lists used are also kept in a small replay buffer (``replay_lists``), and
+        ``replay`` earlier lists are learned again with each new one.
+        Returns the number of new lists used.
+        """
+        pos = cand.row == target[cand.user]
+        has = np.zeros(len(target), dtype=bool)
+        has[cand.user[pos]] = True
+        keep = has[cand.user]
+        if not keep.any():
+            return 0
+        u, x, y = cand.user[keep], cand.x[keep], pos[keep]
+        _, u = np.unique(u, return_inverse=True)
+        n_lists = int(has.sum())
+        self._step(u, x, y, n_lists)
+        c = self.config
+        if c.replay > 0 and c.replay_lists > 0:
+            start = np.searchsorted(u, np.arange(n_lists + 1))
+            for i in range(n_lists):
+                self._buffer.append((x[start[i] : start[i + 1]], y[start[i] : start[i + 1]]))
+            m = min(len(self._buffer), c.replay * n_lists)
+            if m:
+                pick = self._rng.integers(0, len(self._buffer), m)
+                xs = [self._buffer[j][0] for j in pick]
+                ys = [self._buffer[j][1] for j in pick]
+                ru = np.repeat(np.arange(m), [len(a) for a in xs])
+                self._step(ru, np.concatenate(xs), np.concatenate(ys), m)
+        self.trained_lists += n_lists
+        return n_lists
+
+    def _step(self, u: np.ndarray, x: np.ndarray, y: np.ndarray, nseg: int) -> None:
+        """One step over ``nseg`` lists: candidate i belongs to list u[i]; y marks the positives."""
+        s, h = self._forward(x)
+        smax = np.full(nseg, -np.inf)
+        np.maximum.at(smax, u, s)
+        e = np.exp(s - smax[u])
+        z = np.bincount(u, weights=e, minlength=nseg)
+        d = (e / z[u] - y) / nseg  # dLoss/dscore
+        dh = (d[:, None] * self.hv) * (1.0 - h * h)
+        grads = (x.T @ d, dh.T @ x, dh.sum(axis=0), h.T @ d)
+        lr = self.config.learning_rate
+        for param, g, g2 in zip((self.w, self.hw, self.hb, self.hv), grads, self._g2):
+            g2 *= self.config.rms_decay
+            g2 += g * g
+            param -= lr * g / np.sqrt(g2)
