@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 from confluent_kafka import Producer
+from workers import WorkerProcess
 
 from model_core.als import train_als
 from model_core.config import ALSConfig
@@ -29,11 +30,9 @@ from streams.broker import EmbeddedBroker
 from streams.kafka import client_config
 from streams.settings import Settings, load_settings
 from streams.tail import RecommendationClient
-from workers import WorkerProcess
 
 USERS = [f"k{i}" for i in range(40)]
-PER_USER = 150  # 6,000 events
-RATE = 200.0  # events/s: the stream lasts ~30 s, across every kill
+RATE = 200.0  # events/s, round robin over the users, until the last restarted worker is up
 KILLS = 4
 
 
@@ -49,40 +48,41 @@ def _model(tmp_path: Path) -> Path:
     return tmp_path / "models"
 
 
-def _stream(settings: Settings, with_ids: bool, done: threading.Event, errors: list[BaseException]) -> None:
-    """PER_USER events per user, round robin, at RATE events/s (event time: the last hour)."""
+def _stream(settings: Settings, with_ids: bool, stop: threading.Event, sent: dict[str, int],
+            errors: list[BaseException]) -> None:
+    """Events round robin over the users at RATE events/s until ``stop``; ``sent`` counts them."""
     try:
         p = Producer(client_config(settings, "producer"))
         t0, start = time.time() - 3600, time.monotonic()
         n = 0
-        for j in range(PER_USER):
-            for user in USERS:
-                ev: dict[str, object] = {"user_id": user, "item_id": f"i{(hash(user) + j * 7) % 90}",
-                                         "type": "view", "time": t0 + j}
-                if with_ids:
-                    ev["event_id"] = f"{user}-{j}"
-                p.produce(settings.events_topic, key=user.encode(), value=json.dumps(ev).encode())
-                n += 1
-                ahead = n / RATE - (time.monotonic() - start)
-                if ahead > 0:
-                    p.poll(0)
-                    time.sleep(ahead)
+        while not stop.is_set():
+            j = n // len(USERS)
+            user = USERS[n % len(USERS)]
+            ev: dict[str, object] = {"user_id": user, "item_id": f"i{(n * 7) % 90}", "type": "view",
+                                     "time": t0 + j}
+            if with_ids:
+                ev["event_id"] = f"{user}-{j}"
+            p.produce(settings.events_topic, key=user.encode(), value=json.dumps(ev).encode())
+            sent[user] = sent.get(user, 0) + 1
+            n += 1
+            ahead = n / RATE - (time.monotonic() - start)
+            if ahead > 0:
+                p.poll(0)
+                time.sleep(ahead)
         assert p.flush(30) == 0
     except BaseException as exc:  # noqa: BLE001 - reported by the test
         errors.append(exc)
-    finally:
-        done.set()
 
 
-def _final_counts(settings: Settings, timeout: float) -> dict[str, int]:
-    """Newest events_applied per user once every user reached PER_USER (or the timeout), after
-    another 3 s in which a double count would show."""
+def _final_counts(settings: Settings, sent: dict[str, int], timeout: float) -> dict[str, int]:
+    """Newest events_applied per user once every user reached its sent count (or the timeout),
+    after another 3 s in which a double count would show."""
     with RecommendationClient(settings) as client:
         deadline = time.time() + timeout
         while time.time() < deadline:
             client.poll(0.2)
-            if len(client.latest) == len(USERS) and all(
-                    r.events_applied >= PER_USER for r in client.latest.values()):
+            if len(client.latest) == len(sent) and all(
+                    r.events_applied >= sent[u] for u, r in client.latest.items()):
                 break
         settle = time.time() + 3
         while time.time() < settle:
@@ -101,23 +101,26 @@ def test_kill_9_while_events_flow_applies_every_event_once(
     rng = random.Random(seed)
     settings, models = _settings(broker, tmp_path), _model(tmp_path)
     running = [start_worker(settings, models, f"w{i}") for i in range(workers)]
-    done, errors = threading.Event(), []
-    producer = threading.Thread(target=_stream, args=(settings, with_ids, done, errors), daemon=True)
+    stop, sent, errors = threading.Event(), {}, []
+    producer = threading.Thread(target=_stream, args=(settings, with_ids, stop, sent, errors), daemon=True)
     producer.start()
     killed = []
-    for n in range(KILLS):
-        time.sleep(rng.uniform(0.5, 3.0))
-        victim = rng.randrange(len(running))
-        running[victim].stop(how)
-        killed.append((round(time.time(), 2), victim, done.is_set()))
-        running[victim] = start_worker(settings, models, f"w{victim}-{n}")
-    producer.join(120)
+    try:
+        for n in range(KILLS):  # every kill lands while events flow: the producer runs until after the last
+            time.sleep(rng.uniform(0.5, 3.0))
+            victim = rng.randrange(len(running))
+            running[victim].stop(how)
+            killed.append((round(time.time(), 2), victim))
+            running[victim] = start_worker(settings, models, f"w{victim}-{n}")
+        time.sleep(2)
+    finally:
+        stop.set()
+        producer.join(60)
     assert not errors, errors
-    counts = _final_counts(settings, timeout=120)
+    counts = _final_counts(settings, sent, timeout=120)
     logs = "\n".join(w.log_text()[-1500:] for w in running)
-    assert sum(1 for _, _, after in killed if not after) >= 3, f"kills mostly after the stream ended: {killed}"
-    wrong = {u: c for u, c in counts.items() if c != PER_USER}
-    assert len(counts) == len(USERS) and not wrong, (
-        f"seed {seed}: users with events_applied != {PER_USER}: {wrong} "
-        f"(lost {sum(max(0, PER_USER - c) for c in wrong.values())}, "
-        f"twice {sum(max(0, c - PER_USER) for c in wrong.values())}); kills {killed}\n{logs}")
+    wrong = {u: (counts.get(u), n) for u, n in sent.items() if counts.get(u) != n}
+    assert not wrong, (
+        f"seed {seed}: users with events_applied != events sent: {wrong} "
+        f"(lost {sum(max(0, n - (c or 0)) for c, n in wrong.values())}, "
+        f"twice {sum(max(0, (c or 0) - n) for c, n in wrong.values())}); kills {killed}\n{logs}")
