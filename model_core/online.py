@@ -377,9 +377,10 @@ class ServedRecommender(BaseRecommender):
     the worker does: what the evaluation scores is what the worker serves.
     """
 
-    def __init__(self, rec: OnlineRecommender, batch: int = 64) -> None:
+    def __init__(self, rec: OnlineRecommender, batch: int | None = None) -> None:
         self.rec = rec
-        self.batch = batch
+        # warm start in batches the ranker trains on whole (train_per_batch lists a batch)
+        self.batch = batch or rec.trending.config.train_per_batch
         self.histories: dict[str, UserHistory] = {}
 
     def _history(self, user: str) -> UserHistory:

@@ -72,7 +72,7 @@ class SignalsConfig:
     replay: int = 0  # earlier lists re-learned per new list (0 = none)
     replay_lists: int = 4096  # lists kept for replay
     rms_decay: float = 1.0  # 1.0 = Adagrad; below 1, RMSprop (a step size that does not vanish)
-    train_per_batch: int = 64  # most events a batch trains the ranker on
+    train_per_batch: int = 16  # most events a batch trains the ranker on
 
 
 # Prior weights: a sensible list before the ranker has seen any event.

@@ -1,0 +1,63 @@
+"""Speed of the served model's batched path, as the worker uses it.
+
+    python benchmarks/served_speed.py    # writes benchmarks/results/served_speed.json
+
+Synthetic log (5k users, 3k items, 100k events); model and signals warmed on the
+first half; then ``recommend`` for 256 random users (median and best of 20), and
+the worker loop — apply a 256-event batch, ``observe``, ``recommend`` for its
+users — over 10k events. CPU, one process.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from model_core.als import train_als
+from model_core.config import ALSConfig
+from model_core.offline.synth import SynthConfig, generate_events
+from model_core.online import OnlineRecommender, ServedRecommender
+
+OUT = Path(__file__).parent / "results" / "served_speed.json"
+
+
+def main() -> None:
+    events = sorted(generate_events(SynthConfig(users=5000, items=3000, events=100_000, seed=7)),
+                    key=lambda e: e.time)
+    half = len(events) // 2
+    model = train_als(events[:half], ALSConfig(), device="cpu")
+    served = ServedRecommender(OnlineRecommender(model, device="cpu"))
+    t = time.perf_counter()
+    served.fit(events[:half])
+    warm_s = time.perf_counter() - t
+    rng = np.random.default_rng(0)
+    users = [served.histories[u] for u in rng.choice(sorted(served.histories), 256, replace=False)]
+    served.rec.recommend(users, 20)
+    times = []
+    for _ in range(20):
+        t = time.perf_counter()
+        served.rec.recommend(users, 20)
+        times.append(time.perf_counter() - t)
+    t = time.perf_counter()
+    n = 0
+    for i in range(half, half + 10_000, 256):
+        batch = events[i : i + 256]
+        served.learn(batch)
+        served.rec.recommend([served.histories[u] for u in dict.fromkeys(e.user_id for e in batch)], 20)
+        n += len(batch)
+    loop = n / (time.perf_counter() - t)
+    result = {
+        "recommend_b256_ms_median": round(1000 * float(np.median(times)), 1),
+        "recommend_b256_ms_best": round(1000 * min(times), 1),
+        "worker_loop_events_per_s": round(loop),
+        "warm_start_events_per_s": round(half / warm_s),
+    }
+    OUT.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
