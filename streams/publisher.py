@@ -34,7 +34,6 @@ class Publisher:
         from confluent_kafka import Producer
 
         # no linger: the batch is flushed right after it is queued, so waiting buys nothing
-        # (measured on the embedded broker: flush of 40 messages 0.8 ms p50 at 0 ms, 1.6 ms at 1 ms)
         self._producer = Producer(client_config(settings, "producer", **{"linger.ms": 0}))
         self._thread = ThreadPoolExecutor(1, "freshrec-publish")
         self._timeout = flush_timeout_s

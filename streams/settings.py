@@ -62,8 +62,8 @@ class Settings:
     """Fold-in weight factor per step back in the user's item order (FRESHREC_POSITION_DECAY)."""
     compute_threads: int = 1
     """BLAS / OpenMP threads of the worker's compute thread (fold-in and search); the event loop
-    needs a core of its own, and oversubscribed BLAS threads made search 4-10x slower on 2 cores
-    (FRESHREC_COMPUTE_THREADS)."""
+    needs a core of its own, and oversubscribed BLAS threads made search several times slower on
+    2 cores (FRESHREC_COMPUTE_THREADS)."""
     batch_size: int = 256
     """Events per micro-batch (FRESHREC_BATCH_SIZE)."""
     batch_within_s: float = 0.02

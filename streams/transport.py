@@ -3,8 +3,8 @@
 Faust's consumer loop (``Consumer._drain_messages``) hands every message to the
 agents through ``Service.wait_first(callback(message), suspend_flow.wait())``:
 four asyncio tasks and an ``asyncio.wait`` per message, so that a rebalance can
-abort a delivery that is blocked on a full agent queue. On a 2-core machine that
-was about half of an empty agent's CPU time per event. Here a message is
+abort a delivery that is blocked on a full agent queue: a large share of an empty
+agent's CPU time per event (docs/profile_ceiling.txt). Here a message is
 delivered with a plain ``await callback(message)`` while flow is running, and
 through ``wait_first`` only while flow is suspended (a rebalance in progress).
 A delivery blocked on a full queue when a rebalance starts is released when
