@@ -45,7 +45,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 import uuid
 from dataclasses import fields, replace
 from pathlib import Path
@@ -62,6 +61,7 @@ from model_core.offline.synth import SynthConfig, generate_events
 from streams.broker import EmbeddedBroker, free_port
 from streams.codec import encode_event
 from streams.kafka import client_config, ensure_topics
+from streams.metrics import scrape
 from streams.settings import Settings, load_settings
 
 DAY = 86400.0
@@ -125,19 +125,6 @@ def vm(pid: int, key: str) -> float | None:
     except OSError:
         return None
     return None
-
-
-def scrape(port: int) -> dict[str, float]:
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    out = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            try:
-                out[name] = float(value)
-            except ValueError:
-                continue
-    return out
 
 
 def applied(ports: list[int]) -> int:

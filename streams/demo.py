@@ -17,7 +17,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,7 @@ from model_core.offline.synth import SynthConfig, generate_events
 from streams.broker import EmbeddedBroker, free_port
 from streams.errors import BrokerUnavailableError, ConfigError
 from streams.kafka import client_config
+from streams.metrics import scrape
 from streams.replay import ReplayStats, replay
 from streams.settings import Settings
 from streams.tail import RecommendationClient
@@ -73,20 +73,6 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(summary, indent=2) + "\n")
     return 0 if summary["events_applied"] == summary["events_produced"] else 1
-
-
-def _scrape(port: int) -> dict[str, float]:
-    """The worker's Prometheus metrics as name -> value."""
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    out = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            try:
-                out[name] = float(value)
-            except ValueError:
-                continue
-    return out
 
 
 def _percentile(values: list[float], q: float) -> float | None:
@@ -190,7 +176,7 @@ def _stream(settings: Settings, replay_log: Path, rate: float, worker: subproces
             if worker.poll() is not None:
                 raise BrokerUnavailableError("the worker stopped during the demo; see its log")
             if not producer.is_alive() and "replay" in stats:
-                metrics = _scrape(settings.web_port)
+                metrics = scrape(settings.web_port)
                 sent = stats["replay"].delivered
                 if metrics.get("freshrec_events_applied_total", 0) >= sent and last_list < now - 1.0:
                     break
@@ -200,7 +186,7 @@ def _stream(settings: Settings, replay_log: Path, rate: float, worker: subproces
     finally:
         client.close()
     elapsed = last_list - started
-    metrics = _scrape(settings.web_port)
+    metrics = scrape(settings.web_port)
     sent = stats["replay"].delivered
     return {
         "events_produced": sent,

@@ -25,7 +25,7 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-__all__ = ["COUNTERS", "Metrics"]
+__all__ = ["COUNTERS", "Metrics", "scrape"]
 
 disable_created_metrics()  # no *_created series: scrapers derive starts from uptime
 
@@ -145,3 +145,19 @@ class _Derived(Collector):
         info = GaugeMetricFamily("freshrec_model_info", "The served model version", labels=["model_version"])
         info.add_metric([str(s["model_version"])], 1.0)
         yield info
+
+
+def scrape(port: int, host: str = "127.0.0.1", timeout: float = 5.0) -> dict[str, float]:
+    """A worker's /metrics as series -> value (``freshrec_dlq_total``, ``freshrec_latency_ms{quantile="0.5"}``)."""
+    import urllib.request
+
+    text = urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=timeout).read().decode()
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            try:
+                out[name] = float(value)
+            except ValueError:
+                continue
+    return out

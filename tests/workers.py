@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from streams.settings import Settings
+from streams.settings import Settings, load_settings
 
 
 class WorkerProcess:
@@ -43,3 +43,23 @@ class WorkerProcess:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             raise
+
+
+def fault_settings(bootstrap: str, tmp_path: Path, prefix: str) -> Settings:
+    """Settings of a fault test: its own topics and group, 2 partitions, k=5, 1 s metrics lines."""
+    import uuid
+
+    return load_settings(environ={}).with_(
+        brokers=bootstrap, profile="embedded", topic_prefix=f"{prefix}{uuid.uuid4().hex[:8]}", partitions=2,
+        web_port=0, group=f"g{uuid.uuid4().hex[:8]}", k=5, metrics_interval_s=1.0, data_dir=str(tmp_path / "d"))
+
+
+def small_model(tmp_path: Path) -> Path:
+    """A tiny trained model (60 items, k=8) under tmp_path/models."""
+    from model_core.als import train_als
+    from model_core.config import ALSConfig
+    from model_core.offline.synth import SynthConfig, generate_events
+
+    synth = SynthConfig(users=100, items=60, events=3000, clusters=3, seed=5)
+    train_als(generate_events(synth), ALSConfig(factors=8, iterations=4), device="cpu").save(tmp_path / "models")
+    return tmp_path / "models"

@@ -15,20 +15,16 @@ import random
 import signal
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from confluent_kafka import Producer
-from workers import WorkerProcess
+from workers import WorkerProcess, fault_settings, small_model
 
-from model_core.als import train_als
-from model_core.config import ALSConfig
-from model_core.offline.synth import SynthConfig, generate_events
 from streams.broker import EmbeddedBroker
 from streams.kafka import client_config
-from streams.settings import Settings, load_settings
+from streams.settings import Settings
 from streams.tail import RecommendationClient
 
 USERS = [f"k{i}" for i in range(40)]
@@ -37,15 +33,11 @@ KILLS = 4
 
 
 def _settings(broker: EmbeddedBroker, tmp_path: Path) -> Settings:
-    return load_settings(environ={}).with_(
-        brokers=broker.bootstrap, profile="embedded", topic_prefix=f"m{uuid.uuid4().hex[:8]}", partitions=2,
-        web_port=0, group=f"g{uuid.uuid4().hex[:8]}", k=5, metrics_interval_s=1.0, data_dir=str(tmp_path / "d"))
+    return fault_settings(broker.bootstrap, tmp_path, "m")
 
 
 def _model(tmp_path: Path) -> Path:
-    synth = SynthConfig(users=100, items=60, events=3000, clusters=3, seed=5)
-    train_als(generate_events(synth), ALSConfig(factors=8, iterations=4), device="cpu").save(tmp_path / "models")
-    return tmp_path / "models"
+    return small_model(tmp_path)
 
 
 def _stream(settings: Settings, with_ids: bool, stop: threading.Event, sent: dict[str, int],
