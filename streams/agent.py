@@ -241,15 +241,16 @@ class EventAgent:
 
         async def publish() -> None:
             self.to_dlq(dead)
+            # tombstones first: a user erased and then active again in this batch ends with the new state
+            for user, p in erased.items():
+                self.out.produce(recs_topic, user.encode(), None, p)
+                self.out.produce(state_topic, user.encode(), None, p)
             for (user, h), items in zip(touched.items(), lists):
                 out = Recommendation(user, items, served.model_version, served.index_version, h.events_applied,
                                      h.last_event_id, h.last_event_time, now, arrived[user])
                 key, p = user.encode(), partition_of[user]
                 self.out.produce(recs_topic, key, encode_recommendation(out), p)
                 self.out.produce(state_topic, key, encoded[user], p)
-            for user, p in erased.items():
-                self.out.produce(recs_topic, user.encode(), None, p)
-                self.out.produce(state_topic, user.encode(), None, p)
             # state, lists and dead letters are on the broker before the events can be committed
             await self.out.flush()
 
@@ -270,11 +271,11 @@ class EventAgent:
             metrics.inc("dlq", len(valid) + len(dead))
             return
         metrics.inc("dlq", len(dead))
-        for user, value in encoded.items():
-            store.put(partition_of[user], user, value)
         for user, p in erased.items():
             store.delete(p, user)
             log.info("erased user %r (partition %d)", user, p)
+        for user, value in encoded.items():
+            store.put(partition_of[user], user, value)
         metrics.inc("events_applied", len(applied))
         metrics.inc("lists_out", len(touched))
         metrics.inc("users_erased", len(erased))
