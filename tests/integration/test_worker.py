@@ -246,3 +246,27 @@ def test_erase_forgets_the_user_end_to_end(worker: Worker) -> None:
         rec = client.wait_for(lambda r: r.user_id == user, 30)
     assert rec is not None and rec.events_applied == 1 and rec.last_event_id == f"{user}-10"  # a new history, from nothing
     assert "erased user 'erase-me'" in worker.log_text()
+
+
+def test_erase_then_new_events_in_one_batch_keeps_the_new_history(worker: Worker) -> None:
+    from streams.codec import encode_erase
+
+    s = worker.settings
+    user = "erase-and-return"
+    produce(s, [view(user, f"i{n}", n) for n in range(3)])
+    assert wait_for_list(s, user, applied=3).events_applied == 3
+    p = Producer(client_config(s, "producer"))  # one flush: the erase and the next event share a batch
+    p.produce(s.events_topic, key=user.encode(), value=encode_erase(user))
+    p.produce(s.events_topic, key=user.encode(), value=json.dumps(view(user, "i8", 20)).encode())
+    assert p.flush(10) == 0
+    deadline = time.time() + 30
+    while f"erased user '{user}'" not in worker.log_text():
+        assert time.time() < deadline, worker.log_text()[-2000:]
+        time.sleep(0.2)
+    with RecommendationClient(s, users=[user]) as client:  # the newest record per user wins
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            client.poll(0.2)
+        rec = client.latest.get(user)
+    assert rec is not None and user not in client.erased
+    assert rec.events_applied == 1 and rec.last_event_id == f"{user}-20"
