@@ -93,6 +93,10 @@ class _Pacer:
         self.n = 0
         self.prev_time: float | None = None
 
+    def restart(self) -> None:
+        """Start the clock again (after the producer's first delivery)."""
+        self.start = self.deadline = time.monotonic()
+
     def wait(self, event: Event) -> None:
         if self.rate:
             target = self.start + self.n / self.rate
@@ -177,6 +181,11 @@ def replay(
                 except KafkaException as exc:
                     raise BrokerUnavailableError(f"cannot produce to {topic}: {exc.args[0]}") from None
             stats.sent += 1
+            if stats.sent == 1 and (rate or speedup):
+                # a new producer holds its first messages ~0.5 s (it is getting its producer id);
+                # pace from the first delivery, not from creation, or a burst follows
+                producer.flush(connect_timeout)
+                pacer.restart()
             producer.poll(0)
             if bar is not None:
                 bar.update(1)

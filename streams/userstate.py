@@ -100,7 +100,9 @@ class UserStateStore:
             return {}
         started = time.monotonic()
         nonce = uuid.uuid4().hex.encode()
-        producer = Producer(client_config(self.settings, "producer"))
+        # not idempotent: a repeated marker is harmless, and a new idempotent producer waits
+        # ~0.5 s for its producer id (librdkafka retries the request on a 500 ms timer)
+        producer = Producer(client_config(self.settings, "producer", **{"enable.idempotence": False}))
         for p in parts:
             producer.produce(self.topic, key=MARKER_KEY, value=nonce, partition=p)
         if producer.flush(self.timeout_s) != 0:
@@ -113,6 +115,9 @@ class UserStateStore:
         records = 0
         next_note = started + 10.0
         try:
+            # metadata first: assigned before the partition leaders are known, librdkafka waits a
+            # fixed 500 ms before it looks up the start offsets
+            consumer.list_topics(self.topic, timeout=self.timeout_s)
             consumer.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in parts])
             while pending:
                 now = time.monotonic()
@@ -123,7 +128,7 @@ class UserStateStore:
                     log.info("recovering user state: %d records read, partitions %s to go", records,
                              sorted(pending))
                     next_note = now + 10.0
-                for msg in consumer.consume(10_000, timeout=0.5):
+                for msg in consumer.consume(10_000, timeout=0.05):
                     err = msg.error()
                     if err is not None:
                         if err.fatal() or err.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
