@@ -32,11 +32,22 @@ from tqdm import tqdm
 from model_core._io import sha256_file
 from model_core.config import ALSConfig
 from model_core.device import resolve_device
-from model_core.errors import BadInputError, ModelIncompatibleError
+from model_core.errors import BadInputError, ConfigError, ModelIncompatibleError
 from model_core.events import Event
 from model_core.foldin import confidence
 
-__all__ = ["ALSModel", "Interactions", "train_als", "fit_factors", "latest_model_dir", "MODEL_FORMAT"]
+__all__ = [
+    "MODEL_FORMAT",
+    "REJECTED_DIR",
+    "ALSModel",
+    "Interactions",
+    "InteractionsBuilder",
+    "fit_factors",
+    "latest_model_dir",
+    "model_versions",
+    "prune_versions",
+    "train_als",
+]
 
 log = logging.getLogger(__name__)
 
@@ -58,29 +69,75 @@ class Interactions:
     time_range: tuple[float, float] | None = None
 
     @classmethod
-    def from_events(cls, events: Iterable[Event], config: ALSConfig) -> "Interactions":
-        users: dict[str, int] = {}
-        items: dict[str, int] = {}
-        cells: dict[tuple[int, int], float] = {}
-        n = 0
-        tmin, tmax = float("inf"), float("-inf")
+    def from_events(cls, events: Iterable[Event], config: ALSConfig) -> Interactions:
+        builder = InteractionsBuilder(config)
         for ev in events:
-            u = users.setdefault(ev.user_id, len(users))
-            i = items.setdefault(ev.item_id, len(items))
-            cells[(u, i)] = cells.get((u, i), 0.0) + config.weights.of(ev)
-            n += 1
-            tmin, tmax = min(tmin, ev.time), max(tmax, ev.time)
-        if not cells:
+            builder.add(ev)
+        return builder.build()
+
+
+class InteractionsBuilder:
+    """Accumulates events into ``Interactions`` one at a time (memory grows with the
+    (user, item) cells, not with the events), and can forget a user (an erasure)."""
+
+    def __init__(self, config: ALSConfig) -> None:
+        self.config = config
+        self._users: dict[str, int] = {}
+        self._items: dict[str, int] = {}
+        self._cells: dict[int, dict[int, float]] = {}  # user index -> item index -> summed weight
+        self.n_events = 0
+        self._tmin, self._tmax = float("inf"), float("-inf")
+
+    def add(self, ev: Event) -> None:
+        u = self._users.setdefault(ev.user_id, len(self._users))
+        i = self._items.setdefault(ev.item_id, len(self._items))
+        row = self._cells.get(u)
+        if row is None:
+            row = self._cells[u] = {}
+        row[i] = row.get(i, 0.0) + self.config.weights.of(ev)
+        self.n_events += 1
+        self._tmin, self._tmax = min(self._tmin, ev.time), max(self._tmax, ev.time)
+
+    def forget_user(self, user_id: str) -> None:
+        """Drop everything added for ``user_id`` so far (later events count again)."""
+        u = self._users.get(user_id)
+        if u is not None:
+            self._cells.pop(u, None)
+
+    def build(self) -> Interactions:
+        """The interactions, ids in sorted order, so the model does not depend on the order the
+        events came in (a topic's partitions interleave differently from a file). Users without
+        cells (forgotten) and items nobody has are left out."""
+        rows_of = {u: row for u, row in self._cells.items() if row}
+        if not rows_of:
             raise BadInputError("no events to train on")
-        keys = np.fromiter((x for ui in cells for x in ui), dtype=np.int64, count=2 * len(cells))
-        return cls(
-            user_ids=list(users),
-            item_ids=list(items),
-            rows=keys[0::2].copy(),
-            cols=keys[1::2].copy(),
-            weights=np.fromiter(cells.values(), dtype=np.float32, count=len(cells)),
-            n_events=n,
-            time_range=(tmin, tmax),
+        user_names = list(self._users)
+        item_names = list(self._items)
+        users_kept = sorted(rows_of, key=user_names.__getitem__)
+        items_kept = sorted({i for row in rows_of.values() for i in row}, key=item_names.__getitem__)
+        user_new = {u: n for n, u in enumerate(users_kept)}
+        item_new = np.full(len(item_names), -1, dtype=np.int64)
+        item_new[items_kept] = np.arange(len(items_kept))
+        nnz = sum(len(row) for row in rows_of.values())
+        rows = np.empty(nnz, dtype=np.int64)
+        cols = np.empty(nnz, dtype=np.int64)
+        weights = np.empty(nnz, dtype=np.float32)
+        at = 0
+        for u in users_kept:
+            row = rows_of[u]
+            n = len(row)
+            rows[at : at + n] = user_new[u]
+            cols[at : at + n] = np.fromiter(row.keys(), dtype=np.int64, count=n)
+            weights[at : at + n] = np.fromiter(row.values(), dtype=np.float32, count=n)
+            at += n
+        return Interactions(
+            user_ids=[user_names[u] for u in users_kept],
+            item_ids=[item_names[i] for i in items_kept],
+            rows=rows,
+            cols=item_new[cols],
+            weights=weights,
+            n_events=self.n_events,
+            time_range=(self._tmin, self._tmax),
         )
 
 
@@ -159,13 +216,30 @@ def fit_factors(
     *,
     device: str = "auto",
     progress: bool = False,
+    warm_start: ALSModel | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Train user [n_users, k] and item [n_items, k] factors (float32 numpy)."""
+    """Train user [n_users, k] and item [n_items, k] factors (float32 numpy).
+
+    ``warm_start``: start known users and items from that model's factors (same
+    ``factors``) instead of small random values; new ones start random as usual.
+    """
     dev = resolve_device(device)
     gen = torch.Generator(device="cpu").manual_seed(config.seed)
     n_users, n_items, k = len(data.user_ids), len(data.item_ids), config.factors
-    users = (torch.rand((n_users, k), generator=gen) * 0.01).to(dev)
-    items = (torch.rand((n_items, k), generator=gen) * 0.01).to(dev)
+    users = torch.rand((n_users, k), generator=gen) * 0.01
+    items = torch.rand((n_items, k), generator=gen) * 0.01
+    if warm_start is not None:
+        if warm_start.config.factors != k:
+            raise ConfigError(f"cannot warm-start {k} factors from model {warm_start.version} "
+                              f"with {warm_start.config.factors}")
+        for ids, init, prev_ids, prev in ((data.user_ids, users, warm_start.user_ids, warm_start.user_factors),
+                                          (data.item_ids, items, warm_start.item_ids, warm_start.item_factors)):
+            where = {x: r for r, x in enumerate(prev_ids)}
+            pairs = [(n, where[x]) for n, x in enumerate(ids) if x in where]
+            if pairs:
+                new_rows, old_rows = (torch.as_tensor(c) for c in zip(*pairs))
+                init[new_rows] = torch.as_tensor(prev)[old_rows]
+    users, items = users.to(dev), items.to(dev)
     rows = torch.as_tensor(data.rows, device=dev)
     cols = torch.as_tensor(data.cols, device=dev)
     conf = confidence(torch.as_tensor(data.weights, device=dev), config)
@@ -240,7 +314,7 @@ class ALSModel:
         return final
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str], *, verify: bool = True) -> "ALSModel":
+    def load(cls, path: str | os.PathLike[str], *, verify: bool = True) -> ALSModel:
         """Load a model directory, or the newest version under a directory of versions."""
         d = latest_model_dir(path)
         try:
@@ -279,28 +353,53 @@ def latest_model_dir(path: str | os.PathLike[str]) -> Path:
         return p
     if not p.is_dir():
         raise ModelIncompatibleError(f"model directory {p} does not exist (train one with `freshrec train`)")
-    versions = sorted(  # a save in progress is a hidden temp dir: never pick it
-        c for c in p.iterdir() if c.is_dir() and not c.name.startswith(".") and (c / "manifest.json").is_file()
-    )
+    versions = model_versions(p)  # a save in progress is a hidden temp dir: never picked
     if not versions:
         raise ModelIncompatibleError(f"{p} holds no model version (no */manifest.json)")
     return versions[-1]
 
 
+REJECTED_DIR = "rejected"
+"""Versions the trainer's gate refused live in ``<model dir>/rejected/``: kept, never served."""
+
+
+def model_versions(root: str | os.PathLike[str]) -> list[Path]:
+    """The complete version directories directly under ``root``, oldest first."""
+    p = Path(root)
+    if not p.is_dir():
+        return []
+    return sorted(c for c in p.iterdir()
+                  if c.is_dir() and not c.name.startswith(".") and (c / "manifest.json").is_file())
+
+
+def prune_versions(root: str | os.PathLike[str], keep: int) -> list[str]:
+    """Delete all but the newest ``keep`` versions under ``root`` and under its rejected/;
+    returns the names removed. A worker keeps serving a removed version it has loaded."""
+    if keep < 1:
+        raise ConfigError(f"keep={keep} must be >= 1")
+    removed = []
+    for where in (Path(root), Path(root) / REJECTED_DIR):
+        for old in model_versions(where)[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+            removed.append(old.name)
+    return removed
+
+
 def train_als(
-    events: Iterable[Event],
+    events: Iterable[Event] | Interactions,
     config: ALSConfig | None = None,
     *,
     device: str = "auto",
     progress: bool = False,
+    warm_start: ALSModel | None = None,
 ) -> ALSModel:
-    """Train iALS on an event stream and return a new model version."""
+    """Train iALS on events (or on ``Interactions`` already built) and return a new model version."""
     config = config or ALSConfig()
     t0 = time.perf_counter()
-    data = Interactions.from_events(events, config)
+    data = events if isinstance(events, Interactions) else Interactions.from_events(events, config)
     t1 = time.perf_counter()
     dev = resolve_device(device)
-    users, items = fit_factors(data, config, device=dev, progress=progress)
+    users, items = fit_factors(data, config, device=dev, progress=progress, warm_start=warm_start)
     t2 = time.perf_counter()
     log.info(
         "trained iALS on %d events (%d users x %d items, %d cells) in %.1fs on %s",
@@ -316,11 +415,12 @@ def train_als(
             "n_events": data.n_events,
             "n_users": len(data.user_ids),
             "n_items": len(data.item_ids),
-            "n_cells": int(len(data.weights)),
+            "n_cells": len(data.weights),
             "event_time_range": list(data.time_range) if data.time_range else None,
             "device": dev,
             "read_seconds": round(t1 - t0, 3),
             "train_seconds": round(t2 - t1, 3),
             "trained_at": datetime.now(timezone.utc).isoformat(),
+            "warm_start": warm_start.version if warm_start is not None else None,
         },
     )

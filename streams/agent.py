@@ -112,8 +112,7 @@ class EventAgent:
         self.events_topic = app.topic(settings.events_topic, key_serializer="raw", value_serializer="raw")
         self.out = Publisher(settings)
         self.store = UserStateStore(settings)
-        self.limits = EventLimits(settings.max_message_bytes, settings.max_id_length, settings.min_event_time,
-                                  settings.max_future_s)
+        self.limits = EventLimits.of(settings)
         self.loader = ThreadPoolExecutor(1, "freshrec-recovery")
         self._inflight: dict[int, asyncio.Future[dict[int, dict[str, bytes]]]] = {}
         app.agent(self.events_topic, name="freshrec.update")(self.run)

@@ -15,12 +15,13 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from model_core.errors import BadInputError, FreshrecError
+from model_core.errors import BadInputError, ConfigError, FreshrecError
 from streams.settings import Settings, add_kafka_flags, load_settings
 
 if TYPE_CHECKING:
     from model_core.config import ALSConfig, FoldInConfig
     from model_core.events import Event
+    from streams.trainer import TrainOptions
 
 log = logging.getLogger("freshrec")
 
@@ -35,10 +36,10 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-def _add_log_args(p: argparse.ArgumentParser, *, many: bool = True) -> None:
+def _add_log_args(p: argparse.ArgumentParser, *, many: bool = True, required: bool = True) -> None:
     from model_core.offline.logs import FORMATS
 
-    p.add_argument("--log", dest="logs", action="append" if many else "store", required=True, metavar="FILE",
+    p.add_argument("--log", dest="logs", action="append" if many else "store", required=required, metavar="FILE",
                    help="event log (plain or gzip)" + ("; repeat to merge several" if many else ""))
     p.add_argument("--format", default="auto", choices=("auto", *FORMATS),
                    help="log layout (default: auto-detect the known layouts)")
@@ -59,6 +60,46 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                    help="event-type weights, e.g. view=1,click=1,add_to_cart=3,purchase=5 (the default)")
     g.add_argument("--cg-steps", type=int, default=None, help="conjugate-gradient steps per sweep; 0 = exact (default 3)")
     g.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
+
+
+def _add_topic_train_args(p: argparse.ArgumentParser, *, trainer: bool = False) -> None:
+    g = p.add_argument_group("training from the events topic")
+    if not trainer:
+        g.add_argument("--from-topic", action="store_true", help="read the events topic instead of --log files")
+        g.add_argument("--from-offsets", choices=["earliest"], default=None,
+                       help="read from the earliest offset of every partition (the default without --since)")
+    g.add_argument("--since", default="7d" if trainer else None, metavar="DURATION",
+                   help="only records written in the last DURATION, e.g. 12h, 7d"
+                   + (" (default 7d)" if trainer else " (default: all, as --from-offsets earliest)"))
+    g.add_argument("--no-gate", dest="gate", action="store_false",
+                   help="publish the new version without comparing it with the serving one")
+    g.add_argument("--holdout", type=int, default=5000, metavar="N",
+                   help="newest events held out for the gate, at most a tenth of those read (default 5000)")
+    g.add_argument("--warmup", type=int, default=20000, metavar="N",
+                   help="events before the holdout that warm both models' online state (default 20000)")
+    g.add_argument("--warm-start", action="store_true",
+                   help="start known users and items from the serving version's factors")
+    g.add_argument("--keep", type=int, default=5, metavar="N",
+                   help="keep the newest N versions under --out and under --out/rejected; 0 = all (default 5)")
+
+
+def _train_options(args: argparse.Namespace) -> TrainOptions:
+    from streams.trainer import TrainOptions, parse_duration
+
+    if args.since is not None and getattr(args, "from_offsets", None):
+        raise ConfigError("give --since or --from-offsets earliest, not both")
+    return TrainOptions(since_s=parse_duration(args.since) if args.since else None, gate=args.gate,
+                        holdout=args.holdout, warmup=args.warmup,
+                        warm_start=args.warm_start, keep=args.keep)
+
+
+def _print_trained(summary: dict) -> None:
+    gate = summary["gate"]
+    print(f"model {summary['version']}: {summary['n_users']} users x {summary['n_items']} items from "
+          f"{summary['read']['events']} topic events ({summary['read']['skipped']} skipped), trained in "
+          f"{summary['train_seconds']}s -> {summary['path']}")
+    print(("promoted: " if summary["promoted"] else "NOT promoted (the workers keep the serving version): ")
+          + gate["why"])
 
 
 def _add_foldin_args(p: argparse.ArgumentParser) -> None:
@@ -92,14 +133,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
 
-    p = sub.add_parser("train", help="train an iALS model version from event logs", epilog=EPILOG,
-                       description="Train implicit-feedback ALS on event logs and write a new versioned "
-                       "model directory OUT/<version>/ (item factors, id maps, Gramians, hyper-parameters, "
-                       "metadata, checksums).")
-    _add_log_args(p)
+    p = sub.add_parser("train", help="train an iALS model version from event logs or the events topic",
+                       epilog=EPILOG,
+                       description="Train implicit-feedback ALS and write a new versioned model directory "
+                       "OUT/<version>/ (item factors, id maps, Gramians, hyper-parameters, metadata, checksums). "
+                       "From --log files, or with --from-topic from the events topic itself (bounded by --since "
+                       "or --from-offsets earliest; the worker's validation; erase commands honoured). From the "
+                       "topic, the newest events are held out and the new version is compared with the serving "
+                       "one on them, served as a worker serves it: it is published under OUT (the workers swap "
+                       "it in) only if it does not score worse, else kept in OUT/rejected/.")
+    _add_log_args(p, required=False)
+    add_kafka_flags(p)
     p.add_argument("--out", required=True, metavar="DIR", help="directory of model versions")
     p.add_argument("--fraction", type=float, default=1.0,
-                   help="train on the earliest FRACTION of the events by event time (default 1 = all)")
+                   help="--log only: train on the earliest FRACTION of the events by event time (default 1 = all)")
+    _add_topic_train_args(p)
+    _add_model_args(p)
+    _add_common(p)
+
+    p = sub.add_parser("trainer", help="retrain from the events topic on a schedule (--every 1h)", epilog=EPILOG,
+                       description="Run `freshrec train --from-topic` every --every, until stopped (SIGTERM). "
+                       "Each round reads the last --since of the events topic, trains, gates the new version "
+                       "against the serving one and keeps the newest --keep versions. A failed round (broker "
+                       "away, nothing to train on) is logged and the next one runs on schedule.")
+    add_kafka_flags(p)
+    p.add_argument("--out", required=True, metavar="DIR", help="directory of model versions (the workers' --model)")
+    p.add_argument("--every", default="1h", metavar="DURATION", help="time between rounds, e.g. 30m, 1h (default 1h)")
+    _add_topic_train_args(p, trainer=True)
     _add_model_args(p)
     _add_common(p)
 
@@ -200,8 +260,17 @@ def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     from model_core.als import train_als
-    from model_core.errors import ConfigError
 
+    if args.from_topic == bool(args.logs):
+        raise ConfigError("give --log FILE or --from-topic (one of them)")
+    if args.from_topic:
+        from streams.trainer import train_from_topic
+
+        _print_trained(train_from_topic(settings, _als_config(args), args.out, _train_options(args),
+                                        progress=settings.progress))
+        return 0
+    if args.since or args.from_offsets:
+        raise ConfigError("--since and --from-offsets go with --from-topic")
     if not 0 < args.fraction <= 1:
         raise ConfigError(f"--fraction {args.fraction} must be in (0, 1]")
     config = _als_config(args)
@@ -237,6 +306,15 @@ def _table(report: dict) -> str:
     return "\n".join(lines)
 
 
+def cmd_trainer(args: argparse.Namespace, settings: Settings) -> int:
+    from streams.trainer import parse_duration, run_trainer
+
+    every = parse_duration(args.every)
+    log.info("trainer: every %.0fs, versions in %s; settings: %s", every, args.out, settings.describe())
+    return run_trainer(settings, _als_config(args), args.out, _train_options(args), every,
+                       progress=settings.progress)
+
+
 def cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
     from model_core.offline.evaluate import prequential
 
@@ -270,7 +348,7 @@ def _module_command(name: str) -> Callable[[argparse.Namespace, Settings], int]:
     return run
 
 
-COMMANDS = {"generate": cmd_generate, "train": cmd_train, "evaluate": cmd_evaluate, "worker": cmd_worker,
+COMMANDS = {"generate": cmd_generate, "train": cmd_train, "trainer": cmd_trainer, "evaluate": cmd_evaluate, "worker": cmd_worker,
             "broker": _module_command("broker"), "replay": _module_command("replay"),
             "tail": _module_command("tail"), "erase": _module_command("erase"), "demo": _module_command("demo")}
 

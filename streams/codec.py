@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 
@@ -49,6 +50,12 @@ class EventLimits:
     max_id_length: int = 256
     min_event_time: float = 946684800.0  # 2000-01-01
     max_future_s: float = 86400.0
+
+    @classmethod
+    def of(cls, settings: Any) -> EventLimits:
+        """The limits a ``Settings`` sets (its fields of the same names)."""
+        return cls(settings.max_message_bytes, settings.max_id_length, settings.min_event_time,
+                   settings.max_future_s)
 
 
 @dataclass(frozen=True)

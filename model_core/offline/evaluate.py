@@ -27,8 +27,9 @@ from model_core.events import Event, EventType
 from model_core.index import IndexConfig, ItemIndex
 from model_core.online import OnlineRecommender, ServedRecommender
 from model_core.reco import BaseRecommender, Ranked
+from model_core.state import UserHistory
 
-__all__ = ["MODELS", "hit_rank", "prequential"]
+__all__ = ["GATE_Z", "MODELS", "FactorsOnly", "compare_on_holdout", "hit_rank", "paired_z", "prequential"]
 
 log = logging.getLogger(__name__)
 
@@ -199,9 +200,12 @@ class _Score:
     p_ndcg: float = 0.0
     seconds: float = 0.0
     exposure: dict[str, int] = field(default_factory=dict)  # item -> lists it appeared in
+    per_point: list[bool] | None = None  # hit or not per point, when a paired comparison needs them
 
     def add(self, rank: int | None, purchase: bool, ranked: Sequence[str] = ()) -> None:
         self.points += 1
+        if self.per_point is not None:
+            self.per_point.append(rank is not None)
         self.p_points += purchase
         exp = self.exposure
         for item in ranked:
@@ -366,3 +370,96 @@ def prequential(
             if name != "incremental"
         }
     return report
+
+
+class FactorsOnly(BaseRecommender):
+    """The version's own part of the served model: fold-in of the user's history and a
+    nearest-item search, nothing learned online (the gate's check of the factors)."""
+
+    def __init__(self, rec: OnlineRecommender) -> None:
+        self.rec = rec
+        self.histories: dict[str, UserHistory] = {}
+
+    def fit(self, events: Sequence[Event]) -> None:
+        self.learn(events)
+
+    def learn(self, events: Sequence[Event]) -> None:
+        weights, cfg = self.rec.model.config.weights, self.rec.foldin_config
+        for ev in events:
+            h = self.histories.get(ev.user_id)
+            if h is None:
+                h = self.histories[ev.user_id] = UserHistory(ev.user_id)
+            h.add(ev, weights, cfg)
+
+    def recommend(
+        self, users: Sequence[str], k: int, exclude: Sequence[Collection[str]] | None = None
+    ) -> list[Ranked]:
+        hs = [self.histories.get(u) or UserHistory(u) for u in users]
+        ex = exclude if exclude is not None else [h.exclude() for h in hs]
+        return self.rec.index.search(self.rec.embed(hs), k, list(ex))
+
+
+def paired_z(new_hits: Sequence[bool], old_hits: Sequence[bool]) -> tuple[int, int, float]:
+    """(points only the old model hit, points only the new one hit, z): the one-sided sign
+    test of "the new model is worse" on the same evaluation points (McNemar)."""
+    only_old = sum(o and not n for n, o in zip(new_hits, old_hits))
+    only_new = sum(n and not o for n, o in zip(new_hits, old_hits))
+    z = (only_old - only_new) / math.sqrt(only_old + only_new) if only_old + only_new else 0.0
+    return only_old, only_new, z
+
+
+GATE_Z = 1.645
+"""The gate refuses a version whose paired z (``paired_z``) exceeds this: worse at 95%, one-sided."""
+
+
+def compare_on_holdout(
+    new: ALSModel,
+    serving: ALSModel,
+    warm: Sequence[Event],
+    holdout: Sequence[Event],
+    *,
+    k: int = 20,
+    foldin: FoldInConfig | None = None,
+    device: str = "auto",
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Is ``new`` worse than ``serving`` on the held-out events? The trainer's gate.
+
+    Each version is scored two ways, prequentially (HR@k, NDCG@k) on the same points:
+    served exactly as the worker serves it (``incremental``: its online state first warmed
+    on ``warm``, the events just before the holdout), and by its factors alone (fold-in
+    and nearest items). ``promoted`` is False when the new version is worse either way
+    by a paired sign test at 95% (``GATE_Z``); equal within noise is not worse.
+    """
+    if not holdout:
+        raise BadInputError("no held-out events to compare the models on")
+    warm = sorted(warm, key=lambda e: e.time)
+    test = sorted(holdout, key=lambda e: e.time)
+    cfg = foldin or FoldInConfig()
+    built: dict[str, BaseRecommender] = {}
+    for name, m in (("new", new), ("serving", serving)):
+        built[name] = ServedRecommender(OnlineRecommender(m, cfg, device=device))
+        built[f"{name}_factors"] = FactorsOnly(OnlineRecommender(m, cfg, device=device))
+    for rec in built.values():
+        rec.fit(warm)
+    scores = {name: _Score(per_point=[]) for name in built}
+    _score_stream(warm, test, built, scores, k, progress)
+    out: dict[str, Any] = {"k": k, "points": scores["new"].points, "z_limit": GATE_Z}
+    for name, sc in scores.items():
+        r = sc.report(len(test))
+        out[name] = {"model_version": (new if name.startswith("new") else serving).version,
+                     "hr": r["hr"], "ndcg": r["ndcg"]}
+    worse = []
+    for path in ("", "_factors"):
+        only_old, only_new, z = paired_z(scores["new" + path].per_point or [],
+                                           scores["serving" + path].per_point or [])
+        out["served" if not path else "factors"] = {"only_serving_hit": only_old, "only_new_hit": only_new,
+                                                    "z": round(z, 3)}
+        if z > GATE_Z:
+            worse.append("served" if not path else "factors alone")
+    out["promoted"] = not worse
+    out["why"] = (f"worse than serving {serving.version} ({', '.join(worse)})" if worse else
+                  f"not worse than serving {serving.version}") + (
+        f": HR@{k} served {out['new']['hr']} vs {out['serving']['hr']}, "
+        f"factors alone {out['new_factors']['hr']} vs {out['serving_factors']['hr']} on {out['points']} points")
+    return out
