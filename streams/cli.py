@@ -201,9 +201,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_foldin_args(p)
     _add_common(p)
 
-    from streams import broker, demo, erase, replay, tail
+    from streams import archive, broker, demo, erase, replay, tail
 
-    for module in (broker, replay, tail, erase, demo):
+    for module in (broker, replay, tail, erase, archive, demo):
         module.add_parser(sub)
     return parser
 
@@ -350,7 +350,8 @@ def _module_command(name: str) -> Callable[[argparse.Namespace, Settings], int]:
 
 COMMANDS = {"generate": cmd_generate, "train": cmd_train, "trainer": cmd_trainer, "evaluate": cmd_evaluate, "worker": cmd_worker,
             "broker": _module_command("broker"), "replay": _module_command("replay"),
-            "tail": _module_command("tail"), "erase": _module_command("erase"), "demo": _module_command("demo")}
+            "tail": _module_command("tail"), "erase": _module_command("erase"),
+            "archive": _module_command("archive"), "demo": _module_command("demo")}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

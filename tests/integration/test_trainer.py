@@ -206,3 +206,29 @@ def test_trainer_process_publishes_a_version_the_worker_swaps_in_under_load(
     log = (tmp_path / "trainer.log").read_text()
     assert code == 0, log[-3000:]
     assert "promoted" in log and "trainer stopping after 1 rounds" in log
+
+
+def test_archive_files_train_the_same_model_and_a_rerun_continues(settings: Settings, tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    events = list(generate_events(replace(SYNTH, events=4000)))
+    ensure_topics(settings)
+    first, second = events[:2500], events[2500:]
+    _send(settings, [(e.user_id.encode(), event_to_json(e).encode()) for e in first] + [(b"x", b"{bad")])
+    archive = tmp_path / "archive"
+    flags = ["--brokers", settings.brokers, "--profile", "embedded", "--topic-prefix", settings.topic_prefix]
+    assert main(["archive", "--out", str(archive), *flags]) == 0
+    assert "archived 2500 events into 1 file(s)" in capsys.readouterr().out
+    _send(settings, [(e.user_id.encode(), event_to_json(e).encode()) for e in second])
+    _send(settings, [(b"someone", encode_erase("someone"))])
+    assert main(["archive", "--out", str(archive), *flags]) == 0  # continues: only the new records
+    assert "archived 1500 events into 1 file(s)" in capsys.readouterr().out
+    files = sorted(archive.glob("events-*.jsonl.gz"))
+    assert len(files) == 2 and not list(archive.glob(".*part"))
+    assert json.loads((archive / "erasures.jsonl").read_text())["user_id"] == "someone"
+    logs = [a for f in files for a in ("--log", str(f))]
+    assert main(["train", *logs, "--out", str(tmp_path / "m"), "--factors", "8", "--iterations", "3",
+                 "--device", "cpu", "--quiet"]) == 0
+    from_archive = ALSModel.load(tmp_path / "m")
+    from_file = train_als(events, ALSConfig(factors=8, iterations=3), device="cpu")
+    assert from_archive.metadata["n_events"] == len(events)
+    np.testing.assert_allclose(from_archive.item_factors, from_file.item_factors, rtol=1e-4, atol=1e-5)
