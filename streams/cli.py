@@ -74,7 +74,8 @@ def _add_topic_train_args(p: argparse.ArgumentParser, *, trainer: bool = False) 
     g.add_argument("--no-gate", dest="gate", action="store_false",
                    help="publish the new version without comparing it with the serving one")
     g.add_argument("--holdout", type=int, default=5000, metavar="N",
-                   help="newest events held out for the gate, at most a tenth of those read (default 5000)")
+                   help="newest events held out for the gate: only events newer than the serving version's "
+                   "training data, at most a tenth of those read (default 5000)")
     g.add_argument("--warmup", type=int, default=20000, metavar="N",
                    help="events before the holdout that warm both models' online state (default 20000)")
     g.add_argument("--warm-start", action="store_true",

@@ -1,8 +1,11 @@
 """``freshrec demo``: the whole pipeline on one machine, no arguments needed.
 
-Starts the embedded broker, generates a shop log, trains on its first part,
-starts a worker, replays the rest at a steady rate while printing lists as they
-update, then stops everything and prints (and with --json writes) a summary.
+Starts the embedded broker, generates a shop log, trains on its first part and
+puts that part on the events topic as the shop's history (the worker group
+starts after it), starts a worker, replays the rest at a steady rate while
+printing lists as they update, retrains once from the topic during the replay
+(the gate decides; the worker swaps a promoted version in and the lists name
+it), then stops everything and prints (and with --json writes) a summary.
 """
 
 from __future__ import annotations
@@ -22,11 +25,11 @@ from typing import Any
 
 from model_core.als import train_als
 from model_core.config import ALSConfig
-from model_core.events import event_to_json
+from model_core.events import Event, event_to_json
 from model_core.offline.synth import SynthConfig, generate_events
 from streams.broker import EmbeddedBroker, free_port
 from streams.errors import BrokerUnavailableError, ConfigError
-from streams.kafka import client_config
+from streams.kafka import client_config, ensure_topics
 from streams.metrics import scrape
 from streams.replay import ReplayStats, replay
 from streams.settings import Settings
@@ -51,7 +54,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--users", type=int, default=2000, help="synthetic users (default 2000)")
     p.add_argument("--items", type=int, default=1000, help="synthetic items (default 1000)")
     p.add_argument("--events", type=int, default=60_000, help="events in the log (default 60000)")
-    p.add_argument("--train-fraction", type=float, default=0.75, help="part of the log to train on (0.75)")
+    p.add_argument("--train-fraction", type=float, default=0.7, help="part of the log to train on (0.7)")
     p.add_argument("--rate", type=float, default=1000.0, help="replay rate, events/s (default 1000)")
     p.add_argument("--workdir", default=None, help="keep the log, model and logs here (default: a temp dir)")
     p.add_argument("--json", default=None, metavar="PATH", help="also write the summary as JSON")
@@ -88,7 +91,7 @@ def _say(live: bool, text: str) -> None:
         print(text, file=sys.stderr, flush=True)
 
 
-def run_demo(base: Settings, workdir: Path, synth: SynthConfig, *, train_fraction: float = 0.75,
+def run_demo(base: Settings, workdir: Path, synth: SynthConfig, *, train_fraction: float = 0.7,
              rate: float = 1000.0, live: bool = True) -> dict[str, Any]:
     """Run the demo in ``workdir``; returns the summary dict."""
     with EmbeddedBroker(log_path=workdir / "broker.log").start() as broker:
@@ -106,12 +109,15 @@ def run_demo(base: Settings, workdir: Path, synth: SynthConfig, *, train_fractio
 
         model = train_als(events[:split], ALSConfig(), device=settings.device)
         model.save(workdir / "models")
-        _say(live, f"[3/5] trained model {model.version} in {model.metadata['train_seconds']}s")
+        _seed_history(settings, events[:split])
+        _say(live, f"[3/5] trained model {model.version} in {model.metadata['train_seconds']}s; its events are "
+                   f"on {settings.events_topic} as the shop's history")
 
         env = dict(os.environ, **{f"FRESHREC_{k.upper()}": str(v) for k, v in {
             "brokers": settings.brokers, "profile": "embedded", "topic_prefix": settings.topic_prefix,
             "partitions": settings.partitions, "web_port": settings.web_port, "data_dir": settings.data_dir,
-            "device": settings.device, "model_dir": workdir / "models", "metrics_interval_s": 5}.items()})
+            "device": settings.device, "model_dir": workdir / "models", "metrics_interval_s": 5,
+            "model_poll_s": 1}.items()})
         worker_log = workdir / "worker.log"
         with open(worker_log, "wb") as out:
             worker = subprocess.Popen([sys.executable, "-m", "streams.cli", "worker"], env=env, stdout=out,
@@ -123,7 +129,9 @@ def run_demo(base: Settings, workdir: Path, synth: SynthConfig, *, train_fractio
                     raise BrokerUnavailableError(f"the worker did not start; see {worker_log}")
                 time.sleep(0.2)
             _say(live, f"[4/5] worker ready (log: {worker_log}; metrics: http://127.0.0.1:{settings.web_port}/metrics)")
-            return _stream(settings, replay_log, rate, worker, model.version, live)
+            # retrain once a sixth of the replay is on the topic (the gate needs events the model has not seen)
+            after = min(3.0, (len(events) - split) / rate / 6)
+            return _stream(settings, replay_log, rate, worker, model.version, live, workdir / "models", after)
         finally:
             if worker.poll() is None:
                 worker.send_signal(signal.SIGTERM)
@@ -134,12 +142,59 @@ def run_demo(base: Settings, workdir: Path, synth: SynthConfig, *, train_fractio
             _say(live, f"stopped worker (exit {worker.returncode}) and broker; files in {workdir}")
 
 
+def _seed_history(settings: Settings, events: list[Event]) -> None:
+    """Put the training events on the events topic (the history a shop's topic holds) and
+    commit the worker group's offsets after them: the worker starts with the new events."""
+    from confluent_kafka import Consumer, Producer, TopicPartition
+
+    ends: dict[int, int] = {}
+
+    def delivered(err: Any, msg: Any) -> None:
+        if err is not None:
+            raise BrokerUnavailableError(f"could not write the history: {err}")
+        ends[msg.partition()] = max(ends.get(msg.partition(), 0), msg.offset() + 1)
+
+    ensure_topics(settings)
+    p = Producer(client_config(settings, "producer", **{"linger.ms": 20}))
+    for ev in events:
+        while True:
+            try:
+                p.produce(settings.events_topic, key=ev.user_id.encode(), value=event_to_json(ev).encode(),
+                          on_delivery=delivered)
+                break
+            except BufferError:
+                p.poll(0.05)
+        p.poll(0)
+    if p.flush(60) != 0:
+        raise BrokerUnavailableError("could not write the history to the events topic")
+    c = Consumer(client_config(settings, "consumer", **{"group.id": settings.group, "enable.auto.commit": False}))
+    try:  # exact end offsets from the delivery reports (the embedded broker under-reports its own)
+        c.commit(offsets=[TopicPartition(settings.events_topic, p, o) for p, o in ends.items()], asynchronous=False)
+    finally:
+        c.close()
+
+
+def _retrain(settings: Settings, models: Path) -> dict[str, Any]:
+    """One round of `freshrec train --from-topic` (the gate included), as the trainer runs it."""
+    from streams.trainer import TrainOptions, train_from_topic
+
+    return train_from_topic(settings, ALSConfig(), models, TrainOptions(holdout=600, warmup=2000, keep=0))
+
+
 def _stream(settings: Settings, replay_log: Path, rate: float, worker: subprocess.Popen[bytes],
-            model_version: str, live: bool) -> dict[str, Any]:
+            model_version: str, live: bool, models: Path, retrain_after_s: float = 3.0) -> dict[str, Any]:
     from confluent_kafka import Producer
 
     stats: dict[str, ReplayStats] = {}
     failure: list[BaseException] = []
+    retrained: dict[str, Any] = {}
+
+    def retrain() -> None:
+        time.sleep(retrain_after_s)
+        try:
+            retrained.update(_retrain(settings, models))
+        except BaseException as exc:  # noqa: BLE001 - reported by the main thread
+            failure.append(exc)
 
     def produce() -> None:
         try:
@@ -155,27 +210,39 @@ def _stream(settings: Settings, replay_log: Path, rate: float, worker: subproces
     started = time.time()
     producer = threading.Thread(target=produce, name="demo-replay", daemon=True)
     producer.start()
-    _say(live, f"[5/5] replaying at {rate:.0f} events/s; lists as they arrive (Ctrl-C stops early):")
+    trainer = threading.Thread(target=retrain, name="demo-retrain", daemon=True)
+    trainer.start()
+    _say(live, f"[5/5] replaying at {rate:.0f} events/s, retraining from the topic after {retrain_after_s:.0f}s; "
+               "lists as they arrive (Ctrl-C stops early):")
     last_print, total, last_list = 0.0, 0, started
     fresh_ms: list[float] = []
+    by_model: dict[str, int] = {}
+    said_retrain = False
     try:
         while True:
             rec = client.poll(0.2)
             now = time.time()
+            if retrained and not said_retrain:
+                said_retrain = True
+                _say(live, f"  {now - started:5.1f}s  retrained from {settings.events_topic}: model "
+                           f"{retrained['version']} {'promoted' if retrained['promoted'] else 'kept back'} "
+                           f"({retrained['gate']['why']})")
             if rec is not None:
                 total, last_list = total + 1, now
+                by_model[rec.model_version] = by_model.get(rec.model_version, 0) + 1
                 if rec.last_event_at is not None:  # freshness as this subscriber sees it
                     fresh_ms.append((now - rec.last_event_at) * 1000.0)
                 if live and now - last_print >= 1.0:
                     last_print = now
                     top = ", ".join(i for i in rec.item_ids[:5])
                     print(f"  {now - started:5.1f}s  lists={total:<6} users={len(client.latest):<5} "
-                          f"{rec.user_id:>6} ({rec.events_applied} events) -> {top}", file=sys.stderr, flush=True)
+                          f"{rec.user_id:>6} ({rec.events_applied} events) -> {top}  [model {rec.model_version}]",
+                          file=sys.stderr, flush=True)
             if failure:
                 raise failure[0]
             if worker.poll() is not None:
                 raise BrokerUnavailableError("the worker stopped during the demo; see its log")
-            if not producer.is_alive() and "replay" in stats:
+            if not producer.is_alive() and "replay" in stats and not trainer.is_alive():
                 metrics = scrape(settings.web_port)
                 sent = stats["replay"].delivered
                 if metrics.get("freshrec_events_applied_total", 0) >= sent and last_list < now - 1.0:
@@ -199,4 +266,7 @@ def _stream(settings: Settings, replay_log: Path, rate: float, worker: subproces
         "freshness_ms": {"p50": _percentile(fresh_ms, 50), "p99": _percentile(fresh_ms, 99)},
         "events_per_s": round(sent / elapsed, 1) if elapsed > 0 else None,
         "model_version": model_version,
+        "retrained": {"version": retrained.get("version"), "promoted": retrained.get("promoted"),
+                      "why": retrained.get("gate", {}).get("why"), "seconds": retrained.get("seconds")},
+        "lists_by_model": by_model,
     }

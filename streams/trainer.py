@@ -8,13 +8,13 @@ honoured: a user's events before the command are not trained on.
 
 Memory stays bounded by the model's (user, item) cells, not by the events: an
 event goes straight into the interaction sums, except for the most recent
-``holdout`` events, kept aside in a heap by event time, and the ``warmup``
-events just before them. Those two slices are the gate: the new version and the
-serving one are each scored prequentially (HR@k) on the held-out slice, which
+``holdout`` events newer than anything the serving version trained on, kept
+aside in a heap by event time, and the ``warmup`` events just before them.
+Those two slices are the gate: the new version and the serving one are each scored prequentially (HR@k) on the held-out slice, which
 the new version did not train on: served exactly as a worker serves them
 (``incremental``, online state warmed on the warm-up slice), and by their factors
 alone. The new version is published under ``--out`` (the workers swap it in)
-only if it does not score worse either way (a paired sign test at 95%: equal
+only if it does not score worse either way (paired sign tests, 5% overall: equal
 within noise is not worse, ``model_core.offline.evaluate.compare_on_holdout``);
 otherwise it is written to ``--out/rejected/`` with the comparison in its
 ``metadata.json`` and the workers keep what they serve.
@@ -256,6 +256,8 @@ def train_from_topic(settings: Settings, als: ALSConfig, out: str | Path, option
     warm: deque[tuple[int, Event]] = deque(maxlen=options.warmup)
     erased_at: dict[str, int] = {}  # user -> offset of the user's latest erase command (one partition per user)
     cap = options.holdout if options.gate and serving is not None else 0
+    # only events the serving version did not train on can judge it against the new one
+    seen_until = float((serving.metadata.get("event_time_range") or [0.0, float("-inf")])[1]) if cap else 0.0
 
     def train_on(off: int, ev: Event) -> None:
         if erased_at.get(ev.user_id, -1) > off:
@@ -271,7 +273,7 @@ def train_from_topic(settings: Settings, als: ALSConfig, out: str | Path, option
             builder.forget_user(item.user_id)
             continue
         seq += 1
-        if cap:
+        if cap and item.time > seen_until:
             heapq.heappush(held, (item.time, seq, off, item))
             if len(held) > cap:
                 _, _, o, ev = heapq.heappop(held)
@@ -307,7 +309,8 @@ def train_from_topic(settings: Settings, als: ALSConfig, out: str | Path, option
     elif serving is None:
         gate = {"promoted": True, "why": "no serving version to compare with"}
     elif not holdout:
-        gate = {"promoted": True, "why": "no held-out events"}
+        gate = {"promoted": False, "why": f"no events newer than what serving {serving.version} trained on "
+                                          "(nothing to compare on, and nothing new to learn)"}
     else:
         g0 = time.monotonic()
         gate = compare_on_holdout(model, serving, warm_events, holdout, k=options.k, foldin=settings.foldin,

@@ -408,8 +408,9 @@ def paired_z(new_hits: Sequence[bool], old_hits: Sequence[bool]) -> tuple[int, i
     return only_old, only_new, z
 
 
-GATE_Z = 1.645
-"""The gate refuses a version whose paired z (``paired_z``) exceeds this: worse at 95%, one-sided."""
+GATE_Z = 1.96
+"""The gate refuses a version whose paired z (``paired_z``) exceeds this on either of its two
+comparisons: one-sided 2.5% each, so an equal version is refused at most 5% of the time."""
 
 
 def compare_on_holdout(
@@ -429,7 +430,7 @@ def compare_on_holdout(
     served exactly as the worker serves it (``incremental``: its online state first warmed
     on ``warm``, the events just before the holdout), and by its factors alone (fold-in
     and nearest items). ``promoted`` is False when the new version is worse either way
-    by a paired sign test at 95% (``GATE_Z``); equal within noise is not worse.
+    by a paired sign test (``GATE_Z``); equal within noise is not worse.
     """
     if not holdout:
         raise BadInputError("no held-out events to compare the models on")

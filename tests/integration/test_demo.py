@@ -14,7 +14,7 @@ def test_demo_applies_every_event_and_reports(tmp_path: Path) -> None:
                  "--workdir", str(tmp_path / "work"), "--json", str(out), "--quiet", "--device", "cpu"])
     summary = json.loads(out.read_text())
     assert code == 0, summary
-    replayed = 6000 - int(6000 * 0.75)
+    replayed = 6000 - int(6000 * 0.7)
     assert summary["events_produced"] == replayed
     assert summary["events_applied"] == replayed
     assert summary["dlq"] == 3  # the demo's deliberately malformed messages
@@ -24,3 +24,6 @@ def test_demo_applies_every_event_and_reports(tmp_path: Path) -> None:
     fresh = summary["freshness_ms"]  # received - last_event_at at the demo's subscriber
     assert fresh["p50"] is not None and 0 < fresh["p50"] <= fresh["p99"]
     assert summary["events_per_s"] > 0 and summary["model_version"]
+    retrained = summary["retrained"]  # one round of training from the topic, gated
+    assert retrained["version"] > summary["model_version"] and isinstance(retrained["promoted"], bool)
+    assert retrained["why"] and summary["model_version"] in summary["lists_by_model"]

@@ -22,6 +22,7 @@ from workers import WorkerProcess
 from model_core.als import REJECTED_DIR, ALSModel, model_versions, train_als
 from model_core.config import ALSConfig
 from model_core.events import Event, EventType, event_to_json
+from model_core.offline.evaluate import GATE_Z
 from model_core.offline.synth import SynthConfig, generate_events
 from streams.broker import free_port
 from streams.cli import main
@@ -73,10 +74,12 @@ def test_gate_promotes_a_better_model_and_keeps_a_worse_one_back(settings: Setti
     replay(_write(tmp_path / "log.jsonl", events), settings)
     out = tmp_path / "models"
 
-    # serving: factors that know nothing (trained on shuffled pairs) -> the new version is not worse
+    # serving: factors that know nothing (trained on shuffled pairs of the older 80%), so the new
+    # version is not worse; the gate judges on the newer events only
     rng = np.random.default_rng(0)
-    items = [e.item_id for e in events]
-    noise = [replace(e, item_id=items[j]) for e, j in zip(events, rng.permutation(len(events)))]
+    older = sorted(events, key=lambda e: e.time)[: int(len(events) * 0.8)]
+    items = [e.item_id for e in older]
+    noise = [replace(e, item_id=items[j]) for e, j in zip(older, rng.permutation(len(older)))]
     bad = train_als(noise, ALS, device="cpu")
     bad.save(out)
     won = train_from_topic(settings, ALS, out, TrainOptions(holdout=1000, warmup=4000))
@@ -91,10 +94,16 @@ def test_gate_promotes_a_better_model_and_keeps_a_worse_one_back(settings: Setti
     worse = train_from_topic(settings, ALSConfig(factors=16, iterations=1, regularization=1e4), out,
                              TrainOptions(holdout=1000, warmup=4000))
     assert not worse["promoted"], worse["gate"]
-    assert worse["gate"]["factors"]["z"] > 1.645
+    assert worse["gate"]["factors"]["z"] > GATE_Z
     assert Path(worse["path"]).parent.name == REJECTED_DIR
     assert [p.name for p in model_versions(out)][-1] == won["version"]  # the workers keep serving it
     assert json.loads((Path(worse["path"]) / "metadata.json").read_text())["gate"]["promoted"] is False
+
+    # a serving version that trained on everything the topic holds: nothing newer to judge on
+    same = train_from_topic(settings, ALS, tmp_path / "again", TrainOptions(gate=False))
+    stale = train_from_topic(settings, ALS, tmp_path / "again", TrainOptions())
+    assert not stale["promoted"] and "no events newer" in stale["gate"]["why"]
+    assert [p.name for p in model_versions(tmp_path / "again")] == [same["version"]]
 
 
 def test_erased_users_are_not_trained_on(settings: Settings, tmp_path: Path) -> None:

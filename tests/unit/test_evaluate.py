@@ -79,3 +79,4 @@ def test_bad_arguments_are_config_errors() -> None:
         prequential(evs, models=["nope"])
     with pytest.raises(ConfigError, match="train_fraction"):
         prequential(evs, train_fraction=1.5)
+
