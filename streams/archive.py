@@ -33,7 +33,7 @@ from model_core.errors import ConfigError
 from model_core.events import event_to_json
 from streams.codec import EraseCommand, EventLimits, decode_message
 from streams.errors import BrokerUnavailableError
-from streams.kafka import check_brokers, client_config
+from streams.kafka import check_brokers, client_config, is_error
 from streams.settings import Settings
 
 __all__ = ["Archiver", "add_parser", "run"]
@@ -106,7 +106,7 @@ class Archiver:
 
     def run(self, *, follow: bool = False, stop: threading.Event | None = None, idle_s: float = 2.0) -> int:
         """Archive until caught up (no new record for ``idle_s``), or until ``stop`` with ``follow``."""
-        from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+        from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
         topic = self.settings.events_topic
         if topic not in check_brokers(self.settings):
@@ -131,10 +131,7 @@ class Archiver:
                     continue
                 last = now
                 for msg in msgs:
-                    err = msg.error()
-                    if err is not None:
-                        if err.fatal() or err.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
-                            raise BrokerUnavailableError(f"reading {topic}: {err.str()}")
+                    if is_error(msg, topic):
                         continue
                     p, off = int(msg.partition() or 0), int(msg.offset() or 0)
                     _, ts_ms = msg.timestamp()

@@ -9,7 +9,7 @@ from streams.errors import BrokerUnavailableError, ConfigError
 from streams.settings import Settings
 from streams.transport import EMBEDDED_FETCH_WAIT_MS
 
-__all__ = ["check_brokers", "client_config", "ensure_topics", "topic_specs"]
+__all__ = ["check_brokers", "client_config", "ensure_topics", "is_error", "topic_specs"]
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,19 @@ def client_config(settings: Settings, role: str, **extra: Any) -> dict[str, Any]
         raise ConfigError(f"unknown client role {role!r}")
     conf.update(extra)
     return conf
+
+
+def is_error(msg: Any, topic: str) -> bool:
+    """True when a consumed message is an error event, not a record (skip it); raises
+    BrokerUnavailableError when the error is fatal or the topic is gone."""
+    from confluent_kafka import KafkaError
+
+    err = msg.error()
+    if err is None:
+        return False
+    if err.fatal() or err.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
+        raise BrokerUnavailableError(f"reading {topic}: {err.str()}")
+    return True
 
 
 def topic_specs(settings: Settings) -> dict[str, dict[str, Any]]:

@@ -39,7 +39,7 @@ from model_core.errors import BadInputError, ConfigError, FreshrecError, ModelIn
 from model_core.events import Event
 from streams.codec import EraseCommand, EventLimits, decode_message
 from streams.errors import BrokerUnavailableError
-from streams.kafka import check_brokers, client_config
+from streams.kafka import check_brokers, client_config, is_error
 from streams.settings import Settings
 
 __all__ = ["TopicRead", "TrainOptions", "parse_duration", "read_events_topic", "run_trainer", "train_from_topic"]
@@ -106,7 +106,6 @@ def read_events_topic(
     from confluent_kafka import (
         OFFSET_BEGINNING,
         Consumer,
-        KafkaError,
         KafkaException,
         TopicPartition,
     )
@@ -166,10 +165,7 @@ def read_events_topic(
                 continue
             last_seen = now
             for msg in msgs:
-                err = msg.error()
-                if err is not None:
-                    if err.fatal() or err.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
-                        raise BrokerUnavailableError(f"reading {topic}: {err.str()}")
+                if is_error(msg, topic):
                     continue
                 p, off = msg.partition(), int(msg.offset() or 0)
                 if p not in todo:

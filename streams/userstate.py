@@ -23,7 +23,7 @@ from collections.abc import Collection, Iterable
 
 from model_core.state import UserHistory
 from streams.errors import BrokerUnavailableError
-from streams.kafka import client_config
+from streams.kafka import client_config, is_error
 from streams.settings import Settings
 
 __all__ = ["MARKER_KEY", "UserStateStore"]
@@ -93,7 +93,7 @@ class UserStateStore:
         that lost the partition could still write there, and the events it was
         working on are delivered again to the new owner).
         """
-        from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
+        from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
         parts = sorted(p for p in set(partitions) if not self.loaded(p))
         if not parts:
@@ -129,10 +129,7 @@ class UserStateStore:
                              sorted(pending))
                     next_note = now + 10.0
                 for msg in consumer.consume(10_000, timeout=0.05):
-                    err = msg.error()
-                    if err is not None:
-                        if err.fatal() or err.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
-                            raise BrokerUnavailableError(f"reading {self.topic}: {err.str()}")
+                    if is_error(msg, self.topic):
                         continue
                     part = msg.partition()
                     if part not in pending:
