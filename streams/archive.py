@@ -2,11 +2,12 @@
 
 For shops that keep more history than the topic's retention: every ``--log``
 command (train, evaluate, replay) reads the files. Each file is
-``OUT/events-<UTC time of the roll>-<n>.jsonl.gz``, written as a hidden
+``OUT/events-<UTC time of the roll>-<random>.jsonl.gz``, written as a hidden
 ``.part`` file and renamed when complete, so a reader never sees half a file.
 ``OUT/offsets.json`` (replaced atomically after each rename) holds the next
-offset of every partition: a restarted archiver continues there, so no event is
-archived twice or skipped, with or without event ids.
+offset of every partition: a restarted archiver continues there (a killed run's
+unfinished file is deleted and read again), so no event is archived twice or
+skipped, with or without event ids. One archiver per directory (a lock file).
 
 Records are validated like the worker validates them; what the worker would
 dead-letter is skipped and counted. Erase commands are not events: they are
@@ -17,6 +18,7 @@ remove from older files when a privacy request must reach the archive too.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import gzip
 import json
 import logging
@@ -53,6 +55,14 @@ class Archiver:
         self.settings, self.out = settings, Path(out)
         self.roll_bytes, self.roll_s = roll_bytes, roll_s
         self.out.mkdir(parents=True, exist_ok=True)
+        self._lock = open(self.out / ".lock", "w")  # noqa: SIM115 - held for the archiver's life
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self._lock.close()
+            raise ConfigError(f"another `freshrec archive` is writing {self.out}") from None
+        for stale in self.out.glob(".events-*.part"):  # a killed run's unfinished file: its offsets
+            stale.unlink()                              # were never recorded, so it is read again
         self.limits = EventLimits.of(settings)
         self.events = self.skipped = self.erases = self.files = 0
         self._next: dict[int, int] = {int(p): int(o) for p, o in self._read_offsets().items()}
@@ -62,6 +72,10 @@ class Archiver:
         self._part: Path | None = None
         self._opened = 0.0
         self._in_file = 0
+
+    def close(self) -> None:
+        """Release the directory (``run`` does when it returns)."""
+        self._lock.close()
 
     def _read_offsets(self) -> dict[str, int]:
         path = self.out / OFFSETS
@@ -90,7 +104,7 @@ class Archiver:
         final = None
         if self._in_file:
             stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-            final = self.out / f"events-{stamp}-{self.files:05d}.jsonl.gz"
+            final = self.out / f"events-{stamp}-{uuid.uuid4().hex[:8]}.jsonl.gz"  # sorts by time, never clashes
             os.replace(self._part, final)
             self.files += 1
             log.info("archived %s (%d events so far, %d skipped)", final.name, self.events, self.skipped)
@@ -157,6 +171,7 @@ class Archiver:
         finally:
             erasures.close()
             consumer.close()
+            self.close()
             if self._file is not None:  # stopped by an error: the part file is not archived
                 self._file.close()
                 self._raw.close()

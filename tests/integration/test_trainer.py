@@ -24,6 +24,8 @@ from model_core.config import ALSConfig
 from model_core.events import Event, EventType, event_to_json
 from model_core.offline.evaluate import GATE_Z
 from model_core.offline.synth import SynthConfig, generate_events
+from model_core.errors import ConfigError
+from streams.archive import Archiver
 from streams.broker import free_port
 from streams.cli import main
 from streams.codec import encode_erase
@@ -229,10 +231,17 @@ def test_archive_files_train_the_same_model_and_a_rerun_continues(settings: Sett
     assert "archived 2500 events into 1 file(s)" in capsys.readouterr().out
     _send(settings, [(e.user_id.encode(), event_to_json(e).encode()) for e in second])
     _send(settings, [(b"someone", encode_erase("someone"))])
+    (archive / ".events-killed.jsonl.gz.part").write_bytes(b"half a file")  # a run killed mid-file
     assert main(["archive", "--out", str(archive), *flags]) == 0  # continues: only the new records
     assert "archived 1500 events into 1 file(s)" in capsys.readouterr().out
     files = sorted(archive.glob("events-*.jsonl.gz"))
     assert len(files) == 2 and not list(archive.glob(".*part"))
+    first = Archiver(settings, archive)  # one archiver per directory
+    try:
+        with pytest.raises(ConfigError, match="another"):
+            Archiver(settings, archive)
+    finally:
+        first.close()
     assert json.loads((archive / "erasures.jsonl").read_text())["user_id"] == "someone"
     logs = [a for f in files for a in ("--log", str(f))]
     assert main(["train", *logs, "--out", str(tmp_path / "m"), "--factors", "8", "--iterations", "3",
