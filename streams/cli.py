@@ -267,6 +267,9 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     if args.from_topic:
         from streams.trainer import train_from_topic
 
+        if args.fraction != 1.0 or args.format != "auto" or args.columns or args.types:
+            raise ConfigError("--fraction, --format, --columns and --types go with --log, not --from-topic")
+
         _print_trained(train_from_topic(settings, _als_config(args), args.out, _train_options(args),
                                         progress=settings.progress))
         return 0
