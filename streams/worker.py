@@ -112,8 +112,7 @@ class WorkerState:
         """
         rec = self.rec
         assert rec is not None
-        rec.observe(events, histories)
-        return rec, rec.recommend(list(histories.values()), self.settings.k)
+        return rec, rec.step(events, histories, self.settings.k)  # one candidate search for learning and lists
 
     def catalog(self, item: str, available: bool, category: str | None) -> None:
         """Catalog update (runs in the compute thread, so never during a batch's search)."""

@@ -193,3 +193,38 @@ def test_batch_of_users_equals_one_by_one(model: ALSModel) -> None:
     together = rec.recommend(users, k=K)
     alone = [rec.recommend([h], k=K)[0] for h in users]
     assert [ids(x) for x in together] == [ids(x) for x in alone]
+
+
+def test_step_learns_what_observe_learns_with_one_search(model: ALSModel) -> None:
+    """The worker's fused step trains the ranker on as many lists as observe and keeps the
+    same item statistics; its lists are the touched users' top-k of unseen items."""
+    fused, split = OnlineRecommender(model, device="cpu"), OnlineRecommender(model, device="cpu")
+    rng = np.random.default_rng(3)
+    items = model.item_ids + ["n1", "n2"]  # two items no model vector knows: folded in on the way
+    hs_f: dict[str, UserHistory] = {}
+    hs_s: dict[str, UserHistory] = {}
+    t = 1000.0
+    for _ in range(30):
+        batch = []
+        for _ in range(6):
+            t += 1.0
+            batch.append(Event(f"u{rng.integers(8)}", items[rng.integers(len(items))], EventType.VIEW, t))
+        touched_f, touched_s = {}, {}
+        for ev in batch:
+            for hs, touched, rec in ((hs_f, touched_f, fused), (hs_s, touched_s, split)):
+                h = hs.setdefault(ev.user_id, UserHistory(ev.user_id))
+                if rec.apply(h, ev):
+                    touched[ev.user_id] = h
+        lists = fused.step(batch, touched_f, K)
+        split.observe(batch, touched_s)
+        assert len(lists) == len(touched_f)
+        for h, lst in zip(touched_f.values(), lists):
+            assert 0 < len(lst) <= K and not set(ids(lst)) & set(h.entries)
+    a, b = fused.trending, split.trending
+    assert a.trained_lists == b.trained_lists > 0
+    assert sorted(a.ids) == sorted(b.ids)
+    for stat in ("trend", "count", "last_seen"):
+        got = {i: getattr(a, stat)[r] for i, r in a.rows.items()}
+        want = {i: getattr(b, stat)[r] for i, r in b.rows.items()}
+        assert got == pytest.approx(want), stat
+    assert fused.knows("n1") and fused.knows("n2")  # new items folded in by the fused path too
