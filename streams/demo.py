@@ -169,7 +169,8 @@ def _seed_history(settings: Settings, events: list[Event]) -> None:
         raise BrokerUnavailableError("could not write the history to the events topic")
     c = Consumer(client_config(settings, "consumer", **{"group.id": settings.group, "enable.auto.commit": False}))
     try:  # exact end offsets from the delivery reports (the embedded broker under-reports its own)
-        c.commit(offsets=[TopicPartition(settings.events_topic, p, o) for p, o in ends.items()], asynchronous=False)
+        c.commit(offsets=[TopicPartition(settings.events_topic, part, end) for part, end in ends.items()],
+                 asynchronous=False)
     finally:
         c.close()
 
@@ -212,7 +213,7 @@ def _stream(settings: Settings, replay_log: Path, rate: float, worker: subproces
     producer.start()
     trainer = threading.Thread(target=retrain, name="demo-retrain", daemon=True)
     trainer.start()
-    _say(live, f"[5/5] replaying at {rate:.0f} events/s, retraining from the topic after {retrain_after_s:.0f}s; "
+    _say(live, f"[5/5] replaying at {rate:.0f} events/s, retraining from the topic after {retrain_after_s:.1f}s; "
                "lists as they arrive (Ctrl-C stops early):")
     last_print, total, last_list = 0.0, 0, started
     fresh_ms: list[float] = []
