@@ -936,7 +936,8 @@ def _read_delimited(
             ) from None
 
 
-def _read_jsonl(path: str, rep: ReadReport) -> Iterator[Event]:
+def _read_lines(path: str, rep: ReadReport, parse: Callable[[str], Event]) -> Iterator[Event]:
+    """One event per non-blank line; a line ``parse`` rejects (any of _ROW_ERRORS) is skipped."""
     with _open_text(path) as f:
         lineno = 0
         try:
@@ -945,7 +946,7 @@ def _read_jsonl(path: str, rep: ReadReport) -> Iterator[Event]:
                     continue
                 rep.rows += 1
                 try:
-                    event = event_from_json(line)
+                    event = parse(line)
                 except _ROW_ERRORS as exc:
                     rep.record_skip(lineno, str(exc))
                     continue
@@ -955,34 +956,19 @@ def _read_jsonl(path: str, rep: ReadReport) -> Iterator[Event]:
             raise BadInputError(
                 f"cannot read event log {path!r} past line {lineno}: {exc}"
             ) from None
+
+
+def _read_jsonl(path: str, rep: ReadReport) -> Iterator[Event]:
+    return _read_lines(path, rep, event_from_json)
+
+
+def _movielens_dat_event(line: str) -> Event:
+    parts = line.rstrip("\r\n").split("::")
+    if len(parts) != 4:
+        raise BadInputError(f"expected 4 '::'-separated fields, got {len(parts)}")
+    return Event(parts[0].strip(), parts[1].strip(), EventType.VIEW, _seconds(parts[3]),
+                 weight=_weight(parts[2], "rating"))
 
 
 def _read_movielens_dat(path: str, rep: ReadReport) -> Iterator[Event]:
-    with _open_text(path) as f:
-        lineno = 0
-        try:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                rep.rows += 1
-                parts = line.rstrip("\r\n").split("::")
-                if len(parts) != 4:
-                    rep.record_skip(lineno, f"expected 4 '::'-separated fields, got {len(parts)}")
-                    continue
-                try:
-                    event = Event(
-                        parts[0].strip(),
-                        parts[1].strip(),
-                        EventType.VIEW,
-                        _seconds(parts[3]),
-                        weight=_weight(parts[2], "rating"),
-                    )
-                except _ROW_ERRORS as exc:
-                    rep.record_skip(lineno, str(exc))
-                    continue
-                rep.events += 1
-                yield event
-        except _STREAM_ERRORS as exc:
-            raise BadInputError(
-                f"cannot read event log {path!r} past line {lineno}: {exc}"
-            ) from None
+    return _read_lines(path, rep, _movielens_dat_event)
