@@ -68,8 +68,8 @@ class Settings:
     """Events per micro-batch (FRESHREC_BATCH_SIZE)."""
     batch_within_s: float = 0.005
     """Longest wait to fill a micro-batch after its first event, seconds; bounds the freshness a
-    batch adds (under a backlog batches fill at once; 5 ms against 20 ms: demo p99 95-107 ms
-    against 119-172 ms at 1,000 events/s) (FRESHREC_BATCH_WITHIN_S)."""
+    batch adds (under a backlog batches fill at once; 5 ms against 20 ms: see
+    benchmarks/batch_window.sh) (FRESHREC_BATCH_WITHIN_S)."""
     model_poll_s: float = 5.0
     """How often the worker looks for a newer model version, seconds (FRESHREC_MODEL_POLL_S)."""
     metrics_interval_s: float = 5.0
