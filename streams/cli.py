@@ -96,6 +96,9 @@ def _train_options(args: argparse.Namespace) -> TrainOptions:
 
 def _print_trained(summary: dict) -> None:
     gate = summary["gate"]
+    if summary["version"] is None:
+        print(f"no new version: {gate['why']}")
+        return
     print(f"model {summary['version']}: {summary['n_users']} users x {summary['n_items']} items from "
           f"{summary['read']['events']} topic events ({summary['read']['skipped']} skipped), trained in "
           f"{summary['train_seconds']}s -> {summary['path']}")

@@ -239,6 +239,8 @@ def train_from_topic(settings: Settings, als: ALSConfig, out: str | Path, option
 
     Returns a summary: ``version``, ``path``, ``promoted``, ``gate`` (the comparison,
     also in the version's metadata), ``read`` (a ``TopicRead`` as a dict), ``removed``.
+    With nothing newer than the serving version on the topic, nothing is trained:
+    ``version`` and ``path`` are None.
     Raises BadInputError when the topic holds nothing to train on.
     """
     from model_core.als import REJECTED_DIR, InteractionsBuilder, prune_versions, train_als
@@ -285,6 +287,12 @@ def train_from_topic(settings: Settings, als: ALSConfig, out: str | Path, option
         train_on(o, ev)
     holdout = sorted((ev for _, _, o, ev in held if erased_at.get(ev.user_id, -1) < o), key=lambda e: e.time)
     warm_events = [ev for o, ev in warm if erased_at.get(ev.user_id, -1) < o]
+    if cap and not holdout:  # nothing newer than the serving version: no training, no version
+        why = (f"no events newer than what serving {serving.version} trained on "
+               "(nothing to compare on, and nothing new to learn)")
+        log.warning("no new version: %s", why)
+        return {"version": None, "path": None, "promoted": False, "gate": {"promoted": False, "why": why},
+                "read": read.to_dict(), "removed": [], "seconds": round(time.monotonic() - t0, 2)}
 
     data = builder.build()
     start = None
@@ -304,9 +312,6 @@ def train_from_topic(settings: Settings, als: ALSConfig, out: str | Path, option
         gate = {"promoted": True, "why": "gate off"}
     elif serving is None:
         gate = {"promoted": True, "why": "no serving version to compare with"}
-    elif not holdout:
-        gate = {"promoted": False, "why": f"no events newer than what serving {serving.version} trained on "
-                                          "(nothing to compare on, and nothing new to learn)"}
     else:
         g0 = time.monotonic()
         gate = compare_on_holdout(model, serving, warm_events, holdout, k=options.k, foldin=settings.foldin,
@@ -342,7 +347,7 @@ def run_trainer(settings: Settings, als: ALSConfig, out: str | Path, options: Tr
         try:
             summary = train_from_topic(settings, als, out, options, progress=progress)
             rounds += 1
-            log.info("round %d: version %s %s in %.1fs", rounds, summary["version"],
+            log.info("round %d: version %s %s in %.1fs", rounds, summary["version"] or "(none)",
                      "promoted" if summary["promoted"] else "kept back", summary["seconds"])
         except (BrokerUnavailableError, BadInputError) as exc:
             log.error("training round failed, next one in %.0fs: %s", every_s, exc)

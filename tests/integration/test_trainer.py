@@ -105,6 +105,7 @@ def test_gate_promotes_a_better_model_and_keeps_a_worse_one_back(settings: Setti
     same = train_from_topic(settings, ALS, tmp_path / "again", TrainOptions(gate=False))
     stale = train_from_topic(settings, ALS, tmp_path / "again", TrainOptions())
     assert not stale["promoted"] and "no events newer" in stale["gate"]["why"]
+    assert stale["version"] is None and not (tmp_path / "again" / REJECTED_DIR).exists()  # nothing trained
     assert [p.name for p in model_versions(tmp_path / "again")] == [same["version"]]
 
 
