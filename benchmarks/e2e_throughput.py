@@ -60,7 +60,7 @@ from model_core.events import Event, EventType
 from model_core.offline.synth import SynthConfig, generate_events
 from streams.broker import EmbeddedBroker, free_port
 from streams.codec import encode_event
-from streams.kafka import client_config, ensure_topics
+from streams.kafka import client_config, ensure_topics, produce
 from streams.metrics import scrape
 from streams.settings import Settings, load_settings
 
@@ -212,13 +212,7 @@ def produce_backlog(settings: Settings, backlog: list[Event]) -> float:
             failed.append(err)
 
     for ev in backlog:
-        while True:
-            try:
-                p.produce(settings.events_topic, key=ev.user_id.encode(), value=encode_event(ev),
-                          on_delivery=on_delivery)
-                break
-            except BufferError:
-                p.poll(0.05)
+        produce(p, settings.events_topic, encode_event(ev), ev.user_id.encode(), on_delivery=on_delivery)
         p.poll(0)
     left = p.flush(60)
     if left or failed:

@@ -29,7 +29,7 @@ from model_core.events import Event, event_to_json
 from model_core.offline.synth import SynthConfig, generate_events
 from streams.broker import EmbeddedBroker, free_port
 from streams.errors import BrokerUnavailableError, ConfigError
-from streams.kafka import client_config, ensure_topics
+from streams.kafka import client_config, ensure_topics, produce
 from streams.metrics import scrape
 from streams.replay import ReplayStats, replay
 from streams.settings import Settings
@@ -157,13 +157,7 @@ def _seed_history(settings: Settings, events: list[Event]) -> None:
     ensure_topics(settings)
     p = Producer(client_config(settings, "producer", **{"linger.ms": 20}))
     for ev in events:
-        while True:
-            try:
-                p.produce(settings.events_topic, key=ev.user_id.encode(), value=event_to_json(ev).encode(),
-                          on_delivery=delivered)
-                break
-            except BufferError:
-                p.poll(0.05)
+        produce(p, settings.events_topic, event_to_json(ev).encode(), ev.user_id.encode(), on_delivery=delivered)
         p.poll(0)
     if p.flush(60) != 0:
         raise BrokerUnavailableError("could not write the history to the events topic")

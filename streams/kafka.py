@@ -9,7 +9,7 @@ from streams.errors import BrokerUnavailableError, ConfigError
 from streams.settings import Settings
 from streams.transport import EMBEDDED_FETCH_WAIT_MS
 
-__all__ = ["check_brokers", "client_config", "ensure_topics", "is_error", "topic_specs"]
+__all__ = ["check_brokers", "client_config", "ensure_topics", "is_error", "produce", "topic_specs"]
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,22 @@ def client_config(settings: Settings, role: str, **extra: Any) -> dict[str, Any]
         raise ConfigError(f"unknown client role {role!r}")
     conf.update(extra)
     return conf
+
+
+def produce(producer: Any, topic: str, value: bytes | None, key: bytes | None, *, partition: int = -1,
+            on_delivery: Any = None) -> None:
+    """Queue one message, waiting while librdkafka's local queue is full (deliveries drain it);
+    BrokerUnavailableError when the client refuses it for good."""
+    from confluent_kafka import KafkaException
+
+    while True:
+        try:
+            producer.produce(topic, value, key, partition=partition, on_delivery=on_delivery)
+            return
+        except BufferError:
+            producer.poll(0.05)
+        except KafkaException as exc:
+            raise BrokerUnavailableError(f"cannot produce to {topic}: {exc.args[0]}") from None
 
 
 def is_error(msg: Any, topic: str) -> bool:

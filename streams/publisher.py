@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from streams.errors import BrokerUnavailableError
-from streams.kafka import client_config
+from streams.kafka import client_config, produce
 from streams.settings import Settings
 
 __all__ = ["PublishError", "Publisher"]
@@ -44,12 +44,7 @@ class Publisher:
             self._failures.append(f"{msg.topic()}[{msg.partition()}]: {err.str()}")
 
     def produce(self, topic: str, key: bytes | None, value: bytes | None, partition: int = -1) -> None:
-        while True:
-            try:
-                self._producer.produce(topic, value, key, partition=partition, on_delivery=self._delivered)
-                return
-            except BufferError:  # the local queue is full: let librdkafka send some
-                self._producer.poll(0.05)
+        produce(self._producer, topic, value, key, partition=partition, on_delivery=self._delivered)
 
     def _flush(self) -> list[str]:
         left = self._producer.flush(self._timeout)

@@ -41,8 +41,7 @@ from model_core.errors import BadInputError, ConfigError
 from model_core.events import Event
 from model_core.offline.logs import ReadReport, read_events
 from streams.codec import encode_event
-from streams.errors import BrokerUnavailableError
-from streams.kafka import check_brokers, client_config, ensure_topics
+from streams.kafka import check_brokers, client_config, ensure_topics, produce
 from streams.settings import Settings, add_kafka_flags
 
 __all__ = ["ReplayStats", "add_parser", "replay", "replay_event_id", "run"]
@@ -143,7 +142,7 @@ def replay(
     check_brokers(settings, timeout=connect_timeout)
     ensure_topics(settings, timeout=max(connect_timeout, 5.0))
 
-    from confluent_kafka import KafkaException, Producer
+    from confluent_kafka import Producer
 
     stats = ReplayStats(topic=settings.events_topic)
     errors: list[str] = []
@@ -172,14 +171,7 @@ def replay(
             value = encode_event(event)
             key = event.user_id.encode()
             pacer.wait(event)
-            while True:
-                try:
-                    producer.produce(topic, value=value, key=key, on_delivery=on_delivery)
-                    break
-                except BufferError:  # local queue full: let deliveries drain it
-                    producer.poll(0.05)
-                except KafkaException as exc:
-                    raise BrokerUnavailableError(f"cannot produce to {topic}: {exc.args[0]}") from None
+            produce(producer, topic, value, key, on_delivery=on_delivery)
             stats.sent += 1
             if stats.sent == 1 and (rate or speedup):
                 # a new producer holds its first messages ~0.5 s (it is getting its producer id);
