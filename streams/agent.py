@@ -56,6 +56,9 @@ if TYPE_CHECKING:
 
 __all__ = ["EXIT_FATAL", "EventAgent", "Health"]
 
+DLQ_KEY_BYTES = 1024
+"""Longest key a dead-letter record keeps (the record says where the original is)."""
+
 log = logging.getLogger("freshrec.worker")
 
 EXIT_FATAL = 70  # the worker stopped itself on an error it cannot contain (restart it)
@@ -137,7 +140,8 @@ class EventAgent:
     def to_dlq(self, dead: list[tuple[Any, str]]) -> None:
         """Queue dead-letter records (delivered with the batch's flush)."""
         for msg, reason in dead:
-            self.out.produce(self.settings.dlq_topic, msg.key, dlq_record(
+            key = msg.key[:DLQ_KEY_BYTES] if msg.key else msg.key  # a hostile key must not sink the record
+            self.out.produce(self.settings.dlq_topic, key, dlq_record(
                 msg.value, reason, topic=msg.topic, partition=msg.partition, offset=msg.offset))
 
     async def recover(self, partitions: set[int]) -> None:

@@ -203,9 +203,16 @@ def decode_recommendation(value: bytes | str) -> Recommendation:
         raise BadInputError(f"not a recommendation message: {exc!r}") from None
 
 
+DLQ_ORIGINAL_BYTES = 65536
+"""At most this much of the original goes into a dead-letter record: a message of any size
+(up to what the broker took) must fit the producer's 1 MB limit as a DLQ record."""
+
+
 def dlq_record(original: bytes | None, reason: str, *, topic: str, partition: int, offset: int) -> bytes:
-    """The dead-letter message: the original bytes (as text where possible) and the reason."""
-    raw = original or b""
+    """The dead-letter message: the original bytes (as text where possible; the first
+    ``DLQ_ORIGINAL_BYTES`` of a longer one, the rest stays at topic/partition/offset) and the reason."""
+    whole = original or b""
+    raw = whole[:DLQ_ORIGINAL_BYTES]
     try:
         text: str | None = raw.decode()
         b64 = None
@@ -213,5 +220,6 @@ def dlq_record(original: bytes | None, reason: str, *, topic: str, partition: in
         import base64
 
         text, b64 = None, base64.b64encode(raw).decode()
-    return json.dumps({"reason": reason, "original": text, "original_b64": b64, "topic": topic,
-                       "partition": partition, "offset": offset}, separators=(",", ":")).encode()
+    return json.dumps({"reason": reason, "original": text, "original_b64": b64, "original_bytes": len(whole),
+                       "truncated": len(whole) > len(raw), "topic": topic, "partition": partition,
+                       "offset": offset}, separators=(",", ":")).encode()

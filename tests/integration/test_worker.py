@@ -200,9 +200,12 @@ def test_hostile_messages_are_dead_lettered_and_the_stream_goes_on(worker: Worke
         (b"\xff\xfe\x00garbage", "not valid JSON"),
         (json.dumps({"command": "drop", "user_id": user}).encode(), "unknown command"),
     ]
-    p = Producer(client_config(s, "producer"))
+    p = Producer(client_config(s, "producer", **{"message.max.bytes": 4_000_000}))
     for value, _ in hostile:
         p.produce(s.events_topic, key=user.encode(), value=value)
+    # over the producer's 1 MB as a dead letter: it used to fail every retry and stop the worker
+    p.produce(s.events_topic, key=user.encode(), value=b'{"user_id":"' + b"x" * 2_000_000 + b'"}')
+    p.produce(s.events_topic, key=b"k" * 500_000, value=b"\x00 a hostile key")
     for n in range(3):  # good events after the poison; a cold user after the far-future time
         p.produce(s.events_topic, key=user.encode(), value=json.dumps({**good, "item_id": f"i{n}",
                                                                         "time": now - 50 + n}).encode())
@@ -217,6 +220,8 @@ def test_hostile_messages_are_dead_lettered_and_the_stream_goes_on(worker: Worke
     reasons = [r["reason"] for r in read_dlq(s, 100, timeout=8)]
     for _, why in hostile:
         assert any(why in r for r in reasons), (why, reasons)
+    big = [r for r in read_dlq(s, 100, timeout=8) if r.get("original_bytes") == 2_000_014]
+    assert big and big[0]["truncated"] and len(big[0]["original"]) == 65536
     assert worker.proc.poll() is None
 
 

@@ -174,3 +174,11 @@ def test_dlq_record_text_and_binary() -> None:
     bin_rec = json.loads(dlq_record(raw, "bad", topic="t", partition=0, offset=8))
     assert bin_rec["original"] is None and base64.b64decode(bin_rec["original_b64"]) == raw
     assert json.loads(dlq_record(None, "empty", topic="t", partition=0, offset=9))["original"] == ""
+
+
+@pytest.mark.parametrize("original", [b"x" * 2_000_000, bytes(range(256)) * 8000, b"\x01" * 900_000])
+def test_dlq_record_of_a_huge_message_fits_a_producer_message(original: bytes) -> None:
+    rec = dlq_record(original, "too big", topic="t", partition=0, offset=9)
+    assert len(rec) < 1_000_000  # librdkafka's default message.max.bytes
+    d = json.loads(rec)
+    assert d["truncated"] and d["original_bytes"] == len(original) and d["offset"] == 9
