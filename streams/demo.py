@@ -129,9 +129,9 @@ def run_demo(base: Settings, workdir: Path, synth: SynthConfig, *, train_fractio
                     raise BrokerUnavailableError(f"the worker did not start; see {worker_log}")
                 time.sleep(0.2)
             _say(live, f"[4/5] worker ready (log: {worker_log}; metrics: http://127.0.0.1:{settings.web_port}/metrics)")
-            # retrain once a sixth of the replay is on the topic (the gate needs events the model has not seen)
-            after = min(3.0, (len(events) - split) / rate / 6)
-            return _stream(settings, replay_log, rate, worker, model.version, live, workdir / "models", after)
+            # retrain once a sixth of the replay is applied (the gate needs events the model has not seen)
+            return _stream(settings, replay_log, rate, worker, model.version, live, workdir / "models",
+                           retrain_after=max(1, (len(events) - split) // 6))
         finally:
             if worker.poll() is None:
                 worker.send_signal(signal.SIGTERM)
@@ -177,7 +177,7 @@ def _retrain(settings: Settings, models: Path) -> dict[str, Any]:
 
 
 def _stream(settings: Settings, replay_log: Path, rate: float, worker: subprocess.Popen[bytes],
-            model_version: str, live: bool, models: Path, retrain_after_s: float = 3.0) -> dict[str, Any]:
+            model_version: str, live: bool, models: Path, retrain_after: int) -> dict[str, Any]:
     from confluent_kafka import Producer
 
     stats: dict[str, ReplayStats] = {}
@@ -185,8 +185,11 @@ def _stream(settings: Settings, replay_log: Path, rate: float, worker: subproces
     retrained: dict[str, Any] = {}
 
     def retrain() -> None:
-        time.sleep(retrain_after_s)
         try:
+            while scrape(settings.web_port).get("freshrec_events_applied_total", 0) < retrain_after:
+                if failure or worker.poll() is not None:
+                    return
+                time.sleep(0.2)
             retrained.update(_retrain(settings, models))
         except BaseException as exc:  # noqa: BLE001 - reported by the main thread
             failure.append(exc)
@@ -207,7 +210,7 @@ def _stream(settings: Settings, replay_log: Path, rate: float, worker: subproces
     producer.start()
     trainer = threading.Thread(target=retrain, name="demo-retrain", daemon=True)
     trainer.start()
-    _say(live, f"[5/5] replaying at {rate:.0f} events/s, retraining from the topic after {retrain_after_s:.1f}s; "
+    _say(live, f"[5/5] replaying at {rate:.0f} events/s, retraining from the topic after {retrain_after} events; "
                "lists as they arrive (Ctrl-C stops early):")
     last_print, total, last_list = 0.0, 0, started
     fresh_ms: list[float] = []
