@@ -9,7 +9,13 @@ settings, ``streams.embedded`` the embedded broker's workarounds and
 from __future__ import annotations
 
 import asyncio
+import faulthandler
+import gc
 import logging
+import signal
+import sys
+import types
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -166,6 +172,8 @@ def build_app(settings: Settings, state: WorkerState) -> faust.App:
 
     @app.task
     async def start_catalog() -> None:
+        # after mode's own handlers: its SIGUSR2 would enter pdb (and raise BdbQuit without a tty)
+        asyncio.get_running_loop().add_signal_handler(signal.SIGUSR2, _dump_stacks)
         listener = CatalogListener(settings, asyncio.get_running_loop(), state.executor, state.catalog, metrics)
         listener.start()
         app._freshrec_catalog = listener  # type: ignore[attr-defined]
@@ -194,8 +202,37 @@ def _limit_compute_threads(n: int) -> None:
     log.info("compute thread: %d BLAS/OpenMP thread(s) (FRESHREC_COMPUTE_THREADS)", n)
 
 
+def _dump_stacks() -> None:
+    """Where each suspended async generator waits (asyncio's task dump truncates those), to stderr."""
+    out = ["async generators:"]
+    with warnings.catch_warnings():  # isinstance on some library objects warns of deprecations
+        warnings.simplefilter("ignore")
+        objects = [o for o in gc.get_objects() if isinstance(o, types.AsyncGeneratorType)]
+    for obj in objects:
+        if obj.ag_frame is None:
+            continue
+        chain: list[str] = []
+        at: Any = obj
+        while at is not None and len(chain) < 20:
+            f = getattr(at, "ag_frame", None) or getattr(at, "cr_frame", None)
+            if f is None:
+                chain.append(repr(at)[:200])
+                break
+            chain.append(f"{f.f_code.co_qualname} ({f.f_code.co_filename}:{f.f_lineno})")
+            at = getattr(at, "ag_await", None) or getattr(at, "cr_await", None)
+        out.append("  " + " -> ".join(chain))
+    print("\n".join(out), file=sys.stderr, flush=True)
+
+
 def run_worker(settings: Settings, model_root: str | Path, *, foldin: FoldInConfig | None = None) -> int:
-    """Create topics, load the model, and run one worker until SIGTERM/SIGINT."""
+    """Create topics, load the model, and run one worker until SIGTERM/SIGINT.
+
+    For a worker that looks stuck: ``kill -QUIT <pid>`` writes every thread's stack to stderr
+    (from the signal itself: it works while the event loop is blocked); ``kill -USR1 <pid>`` logs
+    every asyncio task (Faust's own dump) and ``kill -USR2 <pid>`` where each live async
+    generator (the agents' streams) is waiting.
+    """
+    faulthandler.register(signal.SIGQUIT, all_threads=True)
     ensure_topics(settings)
     state = WorkerState(settings, Path(model_root), foldin or settings.foldin, health=Health(settings.health_stall_s))
     _limit_compute_threads(settings.compute_threads)

@@ -82,6 +82,17 @@ def _final_counts(settings: Settings, sent: dict[str, int], timeout: float) -> d
         return {u: r.events_applied for u, r in client.latest.items()}
 
 
+def _dump_stacks(workers: list[WorkerProcess]) -> str:
+    """The running workers' logs, ending with their thread stacks (SIGQUIT), asyncio tasks
+    (SIGUSR1) and async generators (SIGUSR2)."""
+    for sig in (signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2):
+        for w in workers:
+            if w.proc.poll() is None:
+                w.proc.send_signal(sig)
+        time.sleep(1.0)
+    return "\n".join(f"--- {w.log.name} (exit {w.proc.poll()}) ---\n{w.log_text()[-12000:]}" for w in workers)
+
+
 @pytest.mark.parametrize("workers, with_ids, how", [
     (1, False, signal.SIGKILL), (2, False, signal.SIGKILL), (2, True, signal.SIGKILL), (1, False, signal.SIGTERM)],
     ids=["one-worker-no-ids", "two-workers-no-ids", "two-workers-ids", "one-worker-sigterm"])
@@ -110,8 +121,8 @@ def test_kill_9_while_events_flow_applies_every_event_once(
         producer.join(60)
     assert not errors, errors
     counts = _final_counts(settings, sent, timeout=120)
-    logs = "\n".join(w.log_text()[-1500:] for w in running)
     wrong = {u: (counts.get(u), n) for u, n in sent.items() if counts.get(u) != n}
+    logs = "\n".join(w.log_text()[-1500:] for w in running) if not wrong else _dump_stacks(running)
     assert not wrong, (
         f"seed {seed}: users with events_applied != events sent: {wrong} "
         f"(lost {sum(max(0, n - (c or 0)) for c, n in wrong.values())}, "
