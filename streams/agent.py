@@ -25,7 +25,7 @@ consumes nothing. ``Health`` is what ``/health`` and ``/ready`` report.
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import functools
 import logging
 import os
 import time
@@ -147,24 +147,33 @@ class EventAgent:
     async def recover(self, partitions: set[int]) -> None:
         """Load the user state of these partitions where it is not in memory (blocking reads, in
         the recovery thread; one read per partition at a time). A partition dropped (revoked)
-        while its read ran is read again."""
+        while its read ran is read again; a read that failed is started again by the next caller.
+
+        A read installs its result and leaves ``_inflight`` in a done-callback, the moment it
+        completes, and every caller waits with ``asyncio.wait``, which always yields. (Waiting
+        on another caller's finished read used to return without yielding while that read was
+        still listed as in flight, so the loop spun and blocked the event loop for good.)
+        """
         loop, store, inflight = asyncio.get_running_loop(), self.store, self._inflight
         while todo := sorted(p for p in partitions if not store.loaded(p)):
-            others = {inflight[p] for p in todo if p in inflight}
+            waiting = {inflight[p] for p in todo if p in inflight}
             mine = [p for p in todo if p not in inflight]
             if mine:
-                generations = store.generations(mine)
                 fut = loop.run_in_executor(self.loader, store.load, mine)
+                fut.add_done_callback(functools.partial(self._loaded, mine, store.generations(mine)))
                 inflight.update(dict.fromkeys(mine, fut))
-                try:
-                    store.install(await fut, generations)
-                finally:
-                    for p in mine:
-                        if inflight.get(p) is fut:
-                            del inflight[p]
-            for other in others:
-                with contextlib.suppress(Exception):  # its caller reports it; this loop reads again
-                    await asyncio.shield(other)
+                waiting.add(fut)
+            await asyncio.wait(waiting)
+            if mine and (exc := fut.exception()) is not None:
+                raise exc  # the caller reports it
+
+    def _loaded(self, parts: list[int], generations: dict[int, int],
+                fut: asyncio.Future[dict[int, dict[str, bytes]]]) -> None:
+        for p in parts:
+            if self._inflight.get(p) is fut:
+                del self._inflight[p]
+        if not fut.cancelled() and fut.exception() is None:
+            self.store.install(fut.result(), generations)
 
     async def on_revoked(self, app: Any, revoked: set[Any], **kwargs: Any) -> None:
         parts = {tp.partition for tp in revoked if tp.topic == self.settings.events_topic}

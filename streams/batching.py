@@ -20,10 +20,13 @@ channel queue in bulk and keeps what matters for delivery guarantees:
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
 __all__ = ["take_batches"]
+
+log = logging.getLogger("freshrec.worker")
 
 
 async def take_batches(stream: Any, max_: int, within: float) -> AsyncIterator[list[Any]]:
@@ -67,14 +70,20 @@ async def take_batches(stream: Any, max_: int, within: float) -> AsyncIterator[l
         generation = app.consumer_generation_id
         active = flow.is_active()
         events = []
+        dropped = 0
         for event in batch:
             message = event.message
             if not active or message.generation_id != generation:
-                continue  # from before a rebalance: the partition's owner reads it again
+                dropped += 1  # from before a rebalance: the partition's owner reads it again
+                continue
             if message.topic in acking_topics and not message.tracked:
                 message.tracked = True
                 consumer.unacked.add(message)
             events.append(event)
+        if dropped:
+            log.info("dropped %d of %d messages taken during a rebalance (flow %s, generation %s, "
+                     "the batch's first %s): they are read again from the committed offsets", dropped,
+                     len(batch), "active" if active else "paused", generation, batch[0].message.generation_id)
         if not events:
             continue
         yield events
