@@ -132,12 +132,6 @@ class FoldIn:
         """[n, k] float32 copy of the current item factors."""
         return self._v[: self._n].cpu().numpy()
 
-    def item_rows(self, rows: np.ndarray) -> np.ndarray:
-        """[len(rows), k] float32 item factors of ``rows`` (gathered on the device, then copied)."""
-        if self._v.device.type == "cpu":
-            return self._v[: self._n].numpy()[rows]
-        return self._v[torch.as_tensor(rows, device=self.device)].cpu().numpy()
-
     def add_item(self, vector: np.ndarray) -> int:
         """Append one item vector [k]; returns its row."""
         if self._n == self._v.shape[0]:

@@ -83,7 +83,6 @@ class OnlineRecommender:
         self.fold_new_items = fold_new_items
         self._new_items: dict[str, dict[str, tuple[np.ndarray, float]]] = {}
         self.unavailable: set[str] = set()
-        self._to_model = np.zeros(0, dtype=np.int64)  # vocabulary row -> factor row (-1 = none)
 
     def successor(self, model: ALSModel, index: IndexConfig | None = None, *, device: str = "auto") -> OnlineRecommender:
         """A recommender on a newer model version that carries this one's online state.
@@ -266,9 +265,6 @@ class OnlineRecommender:
             row = self._rows.get(item)
             if row is None:
                 self._rows[item] = self._fold.add_item(vec)
-                r = self.trending.rows.get(item)
-                if r is not None and r < len(self._to_model):
-                    self._to_model[r] = self._rows[item]
             else:
                 self._fold.replace_item(row, vec)
         self.index.upsert(items, vectors)
@@ -376,47 +372,7 @@ class OnlineRecommender:
             score = np.fromiter((s for lst in found for _, s in lst), np.float64, int(lens.sum()))
             fold = (np.repeat(warm, lens), row, score)
         own = np.fromiter((sig.sessions.own_slot(h.user_id) for h in histories), np.int64, b)
-        cand = sig.candidates(last, last_t, hist_len, fold, own)
-        self._affinity(cand, vecs, last[:, 0])
-        return cand, last
-
-    def _model_rows(self, rows: np.ndarray) -> np.ndarray:
-        """Model (factor) rows of vocabulary rows; -1 where the item has no vector."""
-        sig = self.trending
-        n = len(sig.ids)
-        have = len(self._to_model)
-        if n > have:
-            get = self._rows.get
-            self._to_model = np.concatenate(
-                [self._to_model, np.fromiter((get(i, -1) for i in sig.ids[have:n]), np.int64, n - have)])
-        return self._to_model[rows]
-
-    def _affinity(self, cand: Candidates, vecs: np.ndarray, last: np.ndarray) -> None:
-        """The MF affinity of every candidate: user · item, its rank per user, and the cosine to the
-        user's last item (0 where an item has no vector)."""
-        from model_core.signals import _IX, _rank_feature
-
-        if len(cand.row) == 0:
-            return
-        mrow = self._model_rows(cand.row)
-        lrow = np.where(last >= 0, self._model_rows(np.maximum(last, 0)), -1)
-        ok, lok = mrow >= 0, lrow >= 0
-        v = self._fold.item_rows(np.concatenate([mrow[ok], lrow[lok]]))
-        cv = np.zeros((len(mrow), v.shape[1]), dtype=np.float32)
-        cv[ok] = v[: int(ok.sum())]
-        lv = np.zeros((len(lrow), v.shape[1]), dtype=np.float32)
-        lv[lok] = v[int(ok.sum()):]
-        lv = lv[cand.user]
-        dot = np.einsum("nk,nk->n", cv, vecs[cand.user]).astype(np.float64)
-        norm = np.linalg.norm(cv, axis=1) * np.linalg.norm(lv, axis=1)
-        cos = np.where(norm > 0, np.einsum("nk,nk->n", cv, lv) / np.maximum(norm, 1e-12), 0.0)
-        x = cand.x
-        x[:, _IX["mf_dot"]] = np.clip(dot, -1.0, 1.0)
-        order = np.lexsort((-dot, cand.user))
-        rank = np.empty(len(dot))
-        rank[order] = _rank_feature(cand.user[order], dot[order])
-        x[:, _IX["mf_dot_rank"]] = np.where(ok, rank, 0.0)
-        x[:, _IX["mf_last_cos"]] = cos
+        return sig.candidates(last, last_t, hist_len, fold, own), last
 
     def recommend(
         self,

@@ -40,8 +40,7 @@ FEATURES = (
     "sr_last", "sr_last_norm", "sr_ctx", "covisit", "covisit_norm", "knn", "knn_norm",
     "sr_rank", "covisit_rank", "knn_rank",
     "fold_score", "fold_rank", "fold_hit", "trend", "trend_rank", "popularity",
-    "same_category", "category_rank", "freshness", "mf_dot", "mf_dot_rank", "mf_last_cos",
-    "sr_prev", "sources",
+    "same_category", "category_rank", "freshness",
     "sr_x_hist", "fold_x_hist", "covisit_x_hist", "trend_x_hist", "sr_x_new_session", "covisit_x_new_session",
 )
 _F = len(FEATURES)
@@ -499,11 +498,10 @@ class StreamSignals:
         nb, w = self.sr.neighbours(last)  # [B, L, M]
         u3 = np.broadcast_to(np.arange(b)[:, None, None], nb.shape)
         pos_w = (1.0 / (1.0 + np.arange(depth)))[None, :, None]
-        step = np.arange(depth)[None, :, None]
-        su, sr_, (ctx, first, prev) = _top_per_user(u3, nb, v, n_src, w * pos_w, np.where(step == 0, w, 0.0),
-                                                   np.where(step == 1, w, 0.0))
+        su, sr_, (ctx, first) = _top_per_user(u3, nb, v, n_src, w * pos_w, np.where(
+            np.arange(depth)[None, :, None] == 0, w, 0.0))
         emit(su, sr_, sr_last=np.log1p(first), sr_last_norm=first / _user_max(su, first, b)[su],
-             sr_ctx=np.log1p(ctx), sr_rank=_rank_feature(su, ctx), sr_prev=np.log1p(prev))
+             sr_ctx=np.log1p(ctx), sr_rank=_rank_feature(su, ctx))
         nb, w = self.covisit.neighbours(last)
         cu, cr, (cw,) = _top_per_user(u3, nb, v, n_src, w * (0.5 ** np.arange(depth))[None, :, None])
         emit(cu, cr, covisit=np.log1p(cw), covisit_norm=cw / _user_max(cu, cw, b)[cu],
@@ -548,7 +546,6 @@ class StreamSignals:
                 feats[pos, _IX[name]] = val
         user, row = uniq // v, uniq % v
         # derived item and interaction features
-        feats[:, _IX["sources"]] = np.bincount(inv, minlength=len(uniq)) / len(parts)
         for name in ("sr_last_norm", "covisit_norm", "knn_norm", "fold_rank", "fold_hit", "trend_rank",
                      "category_rank"):
             np.minimum(feats[:, _IX[name]], 1.0, out=feats[:, _IX[name]])

@@ -228,25 +228,3 @@ def test_step_learns_what_observe_learns_with_one_search(model: ALSModel) -> Non
         want = {i: getattr(b, stat)[r] for i, r in b.rows.items()}
         assert got == pytest.approx(want), stat
     assert fused.knows("n1") and fused.knows("n2")  # new items folded in by the fused path too
-
-
-def test_every_candidate_carries_its_mf_affinity(model: ALSModel) -> None:
-    """mf_dot is the user's fold-in vector · the item's factors for every candidate, whichever source
-    found it; mf_last_cos the cosine to the user's last item; an item without a vector gets 0."""
-    rec = OnlineRecommender(model, device="cpu", fold_new_items=False)
-    hs: dict[str, UserHistory] = {}
-    for j in range(3):  # rules a0 -> b5 and a0 -> "fresh" (a new item, never folded in here)
-        _observe(rec, hs, [Event(f"u{j}", "a0", EventType.VIEW, 10.0 * j), Event(f"u{j}", "b5", EventType.VIEW, 10.0 * j + 1),
-                           Event(f"u{j}", "fresh", EventType.VIEW, 10.0 * j + 2)])
-    h = history("n", ["a0"], t0=100.0)
-    cand, _ = rec._candidates([h], [{"a0"}])
-    user_vec = rec.embed([h])[0]
-    x = {rec.trending.ids[r]: cand.x[c] for c, r in enumerate(cand.row)}
-    dot, cos = FEATURES.index("mf_dot"), FEATURES.index("mf_last_cos")
-    for item in ("b5", "a1"):
-        want = float(user_vec @ model.item_factors[model.item_ids.index(item)])
-        assert x[item][dot] == pytest.approx(np.clip(want, -1.0, 1.0), rel=1e-5, abs=1e-6)
-    assert x["a1"][cos] == pytest.approx(1.0) and x["b5"][cos] == pytest.approx(0.0)
-    assert not rec.knows("fresh")
-    assert x["fresh"][dot] == 0.0 and x["fresh"][FEATURES.index("mf_dot_rank")] == 0.0
-    assert ((cand.x[:, FEATURES.index("sources")] > 0) & (cand.x[:, FEATURES.index("sources")] <= 1)).all()
