@@ -150,9 +150,8 @@ class EventAgent:
         while its read ran is read again; a read that failed is started again by the next caller.
 
         A read installs its result and leaves ``_inflight`` in a done-callback, the moment it
-        completes, and every caller waits with ``asyncio.wait``, which always yields. (Waiting
-        on another caller's finished read used to return without yielding while that read was
-        still listed as in flight, so the loop spun and blocked the event loop for good.)
+        completes, and callers wait with ``asyncio.wait``, which always yields: a caller never
+        finds a finished read still listed as in flight and loops on it.
         """
         loop, store, inflight = asyncio.get_running_loop(), self.store, self._inflight
         while todo := sorted(p for p in partitions if not store.loaded(p)):

@@ -173,7 +173,7 @@ def build_app(settings: Settings, state: WorkerState) -> faust.App:
     @app.task
     async def start_catalog() -> None:
         # after mode's own handlers: its SIGUSR2 would enter pdb (and raise BdbQuit without a tty)
-        asyncio.get_running_loop().add_signal_handler(signal.SIGUSR2, _dump_stacks)
+        asyncio.get_running_loop().add_signal_handler(signal.SIGUSR2, _dump_async_generators)
         listener = CatalogListener(settings, asyncio.get_running_loop(), state.executor, state.catalog, metrics)
         listener.start()
         app._freshrec_catalog = listener  # type: ignore[attr-defined]
@@ -202,7 +202,7 @@ def _limit_compute_threads(n: int) -> None:
     log.info("compute thread: %d BLAS/OpenMP thread(s) (FRESHREC_COMPUTE_THREADS)", n)
 
 
-def _dump_stacks() -> None:
+def _dump_async_generators() -> None:
     """Where each suspended async generator waits (asyncio's task dump truncates those), to stderr."""
     out = ["async generators:"]
     with warnings.catch_warnings():  # isinstance on some library objects warns of deprecations

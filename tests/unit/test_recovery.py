@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -40,17 +40,23 @@ class GatedStore(UserStateStore):
         return {p: {f"u{p}": b"{}"} for p in partitions}
 
 
-def _agent(store: UserStateStore) -> EventAgent:
+@pytest.fixture
+def loader() -> Iterator[ThreadPoolExecutor]:
+    with ThreadPoolExecutor(1) as pool:
+        yield pool
+
+
+def _agent(store: UserStateStore, loader: ThreadPoolExecutor) -> EventAgent:
     agent = EventAgent.__new__(EventAgent)  # only what recover() uses: no Faust app, no broker
-    agent.store, agent._inflight, agent.loader = store, {}, ThreadPoolExecutor(1)
+    agent.store, agent._inflight, agent.loader = store, {}, loader
     return agent
 
 
-def test_a_second_caller_arriving_as_the_first_read_completes_does_not_spin() -> None:
+def test_a_second_caller_arriving_as_the_first_read_completes_does_not_spin(loader: ThreadPoolExecutor) -> None:
     """The read is done but its first caller has not resumed yet when the agent asks for the
     same partition: it must wait (yield), not spin on the finished read and block the loop."""
     store = GatedStore()
-    agent = _agent(store)
+    agent = _agent(store, loader)
 
     async def main() -> None:
         first = asyncio.ensure_future(agent.recover({0, 1}))  # on_partitions_assigned
@@ -65,10 +71,10 @@ def test_a_second_caller_arriving_as_the_first_read_completes_does_not_spin() ->
     assert store.get(1, "u1").user_id == "u1"
 
 
-def test_a_failed_read_raises_to_its_caller_and_the_next_caller_reads_again() -> None:
+def test_a_failed_read_raises_to_its_caller_and_the_next_caller_reads_again(loader: ThreadPoolExecutor) -> None:
     store = GatedStore()
     store.fail = True
-    agent = _agent(store)
+    agent = _agent(store, loader)
 
     async def main() -> None:
         store.gate.set()
