@@ -61,6 +61,7 @@ from model_core.offline.synth import SynthConfig, generate_events
 from streams.broker import EmbeddedBroker, free_port
 from streams.codec import encode_event
 from streams.kafka import client_config, ensure_topics, produce
+from streams.replay import wait_until
 from streams.metrics import scrape
 from streams.settings import Settings, load_settings
 
@@ -323,8 +324,7 @@ def freshness(settings: Settings, fresh: list[Event], rate: float, ports: list[i
         t0 = time.monotonic()
         last_say = t0
         for i, ev in enumerate(fresh):
-            while (left := t0 + i / rate - time.monotonic()) > 0:
-                p.poll(min(left, 0.05))
+            wait_until(p, t0 + i / rate)
             ev = replace(ev, time=time.time())
             p.produce(settings.events_topic, key=ev.user_id.encode(), value=encode_event(ev))
             if i == 0:  # a new producer holds its first messages ~0.5 s: pace from its first delivery

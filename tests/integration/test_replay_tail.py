@@ -180,6 +180,17 @@ def test_replay_rate_is_respected(tmp_path: Path, settings: Settings) -> None:
     assert stats.events_per_s < 115
 
 
+def test_replay_rate_sleeps_between_events(tmp_path: Path, settings: Settings) -> None:
+    # 1 ms between events: librdkafka's poll rounds shorter waits down to 0 and returns at
+    # once, so polling out the wait would spin a core the worker and broker need
+    log = write_retailrocket(tmp_path / "events.csv", n=2000, users=20)
+    wall, cpu = time.monotonic(), time.process_time()
+    stats = replay(log, settings, rate=1000)
+    wall, cpu = time.monotonic() - wall, time.process_time() - cpu
+    assert stats.delivered == 2000 and stats.seconds >= 1.9
+    assert cpu < 0.5 * wall, f"replay used {cpu:.2f} s of CPU in {wall:.2f} s"
+
+
 def test_replay_speedup_follows_event_time(tmp_path: Path, settings: Settings) -> None:
     log = tmp_path / "events.jsonl"  # 5 events 1 s apart in event time, the last group out of order
     times = [0, 1, 2, 3, 1.5]
