@@ -22,7 +22,9 @@ One run, one embedded broker (Tansu, started here), one replayed backlog:
 4. **freshness**: new events at a steady ``--rate`` for ``--freshness-seconds`` while the
    workers run; a ``RecommendationClient(from_beginning=False)`` takes, per list received,
    (time received) - ``rec.last_event_at`` (broker timestamp of the newest event the list
-   reflects): p50/p99 in ms.
+   reflects): p50/p99 in ms; split at the list's ``published_at`` into the worker's share
+   (event on the broker -> list published: fetch, micro-batch, compute) and the delivery
+   (list published -> received: flush and the subscriber's fetch).
 5. **footprint**: peak RSS (``VmHWM``) of each worker; the state changelog read from the
    start, mean value size of the latest record per user.
 
@@ -308,6 +310,8 @@ def freshness(settings: Settings, fresh: list[Event], rate: float, ports: list[i
 
     client = RecommendationClient(settings, from_beginning=False)
     lat_ms: list[float] = []
+    worker_ms: list[float] = []  # event on the broker -> list published (the worker's share)
+    delivery_ms: list[float] = []  # list published -> received (the output topic's hop)
     stop = threading.Event()
     t_start = time.time()
 
@@ -315,7 +319,10 @@ def freshness(settings: Settings, fresh: list[Event], rate: float, ports: list[i
         while not stop.is_set():
             rec = client.poll(0.1)
             if rec is not None and rec.last_event_at is not None and rec.last_event_at >= t_start:
-                lat_ms.append((time.time() - rec.last_event_at) * 1000.0)
+                now = time.time()
+                lat_ms.append((now - rec.last_event_at) * 1000.0)
+                worker_ms.append((rec.published_at - rec.last_event_at) * 1000.0)
+                delivery_ms.append((now - rec.published_at) * 1000.0)
 
     thread = threading.Thread(target=listen, name="bench-subscriber", daemon=True)
     thread.start()
@@ -349,6 +356,8 @@ def freshness(settings: Settings, fresh: list[Event], rate: float, ports: list[i
         client.close()
     return {"p50": pct(lat_ms, 50), "p90": pct(lat_ms, 90), "p99": pct(lat_ms, 99),
             "max": round(max(lat_ms), 1) if lat_ms else None, "lists": len(lat_ms), "events": len(fresh),
+            "worker_ms": {"p50": pct(worker_ms, 50), "p99": pct(worker_ms, 99)},
+            "delivery_ms": {"p50": pct(delivery_ms, 50), "p99": pct(delivery_ms, 99)},
             "rate": rate, "produce_s": round(produce_s, 2), "all_applied_after_s": round(caught_up, 2),
             "all_applied": applied(ports) >= target}
 
@@ -545,6 +554,9 @@ freshrec end-to-end throughput  ({out['events']} backlog events, {out['items']} 
   ratio worker / ceiling                      {out['ratio']:>10.3f}
   freshness at {args.rate:.0f} ev/s  p50 / p99          {out['freshness_ms']['p50']} / {out['freshness_ms']['p99']} ms \
 ({out['freshness']['lists']} lists{'' if out['freshness']['all_applied'] else ', NOT all applied'})
+    of it in the worker / in delivery p50      {out['freshness']['worker_ms']['p50']} / \
+{out['freshness']['delivery_ms']['p50']} ms (p99 {out['freshness']['worker_ms']['p99']} / \
+{out['freshness']['delivery_ms']['p99']})
   peak RSS per worker                         {out['rss_mb']} MB
   changelog bytes per user (latest record)    {out['changelog_bytes_per_user']} ({out['changelog']['users']} users, \
 {out['changelog']['records']} records, {out['changelog']['bytes_total']} bytes written)
