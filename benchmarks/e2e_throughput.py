@@ -24,7 +24,9 @@ One run, one embedded broker (Tansu, started here), one replayed backlog:
    (time received) - ``rec.last_event_at`` (broker timestamp of the newest event the list
    reflects): p50/p99 in ms; split at the list's ``published_at`` into the worker's share
    (event on the broker -> list published: fetch, micro-batch, compute) and the delivery
-   (list published -> received: flush and the subscriber's fetch).
+   (list published -> received: flush and the subscriber's fetch); and, from the workers'
+   ``/metrics``, the micro-batches of this phase: events per batch, mean compute and
+   publish milliseconds.
 5. **footprint**: peak RSS (``VmHWM``) of each worker; the state changelog read from the
    start, mean value size of the latest record per user.
 
@@ -63,8 +65,8 @@ from model_core.offline.synth import SynthConfig, generate_events
 from streams.broker import EmbeddedBroker, free_port
 from streams.codec import encode_event
 from streams.kafka import client_config, ensure_topics, produce
-from streams.replay import wait_until
 from streams.metrics import scrape
+from streams.replay import wait_until
 from streams.settings import Settings, load_settings
 
 DAY = 86400.0
@@ -326,6 +328,7 @@ def freshness(settings: Settings, fresh: list[Event], rate: float, ports: list[i
 
     thread = threading.Thread(target=listen, name="bench-subscriber", daemon=True)
     thread.start()
+    before = [scrape(port) for port in ports]
     p = Producer(client_config(settings, "producer"))
     try:
         t0 = time.monotonic()
@@ -350,14 +353,26 @@ def freshness(settings: Settings, fresh: list[Event], rate: float, ports: list[i
             time.sleep(0.2)
         caught_up = time.monotonic() - t0 - produce_s  # after the last event was produced
         time.sleep(1.0)  # the last lists reach the subscriber
+        after = [scrape(port) for port in ports]
     finally:
         stop.set()
         thread.join(5)
         client.close()
+
+    def delta(series: str) -> float:
+        return sum(a.get(series, 0.0) - b.get(series, 0.0) for a, b in zip(after, before))
+
+    batches = delta("freshrec_batches_total")
+    cycle = {"batches": int(batches), "events_per_batch": round(delta("freshrec_events_in_total") / batches, 1)
+             if batches else None}
+    for stage in ("compute", "publish"):
+        n = delta(f'freshrec_batch_stage_seconds_count{{stage="{stage}"}}')
+        cycle[f"{stage}_ms_mean"] = round(1000.0 * delta(f'freshrec_batch_stage_seconds_sum{{stage="{stage}"}}') / n,
+                                          1) if n else None
     return {"p50": pct(lat_ms, 50), "p90": pct(lat_ms, 90), "p99": pct(lat_ms, 99),
             "max": round(max(lat_ms), 1) if lat_ms else None, "lists": len(lat_ms), "events": len(fresh),
             "worker_ms": {"p50": pct(worker_ms, 50), "p99": pct(worker_ms, 99)},
-            "delivery_ms": {"p50": pct(delivery_ms, 50), "p99": pct(delivery_ms, 99)},
+            "delivery_ms": {"p50": pct(delivery_ms, 50), "p99": pct(delivery_ms, 99)}, "batch": cycle,
             "rate": rate, "produce_s": round(produce_s, 2), "all_applied_after_s": round(caught_up, 2),
             "all_applied": applied(ports) >= target}
 
@@ -557,6 +572,7 @@ freshrec end-to-end throughput  ({out['events']} backlog events, {out['items']} 
     of it in the worker / in delivery p50      {out['freshness']['worker_ms']['p50']} / \
 {out['freshness']['delivery_ms']['p50']} ms (p99 {out['freshness']['worker_ms']['p99']} / \
 {out['freshness']['delivery_ms']['p99']})
+    micro-batches meanwhile                   {out['freshness']['batch']}
   peak RSS per worker                         {out['rss_mb']} MB
   changelog bytes per user (latest record)    {out['changelog_bytes_per_user']} ({out['changelog']['users']} users, \
 {out['changelog']['records']} records, {out['changelog']['bytes_total']} bytes written)

@@ -267,11 +267,15 @@ class EventAgent:
 
         try:
             if touched:
+                started = time.perf_counter()
                 served, lists = await self.retried("compute", lambda: loop.run_in_executor(
                     state.executor, state.compute, applied, touched))
                 now = time.time()
+                metrics.stage("compute", time.perf_counter() - started)
             if touched or erased or dead:
+                started = time.perf_counter()
                 await self.retried("publish", publish)
+                metrics.stage("publish", time.perf_counter() - started)
         except _BatchFailed as exc:
             if settings.on_error == "stop":
                 fatal(f"{exc} (FRESHREC_ON_ERROR=stop)")

@@ -44,6 +44,8 @@ COUNTERS = {
     "model_errors": "Model versions that could not be loaded (old one kept)",
 }
 
+STAGES = ("compute", "publish")
+STAGE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
 FRESHNESS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
@@ -63,17 +65,23 @@ class Metrics:
     registry: CollectorRegistry = field(default_factory=lambda: CollectorRegistry(auto_describe=True))
     _latency_ms: deque[float] = field(init=False)
     _batch_sizes: deque[int] = field(init=False)
+    _stage_ms: dict[str, deque[float]] = field(init=False)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
         self._latency_ms = deque(maxlen=self.window)
         self._batch_sizes = deque(maxlen=1000)
+        self._stage_ms = {stage: deque(maxlen=1000) for stage in STAGES}
         self._counters = {name: Counter(f"freshrec_{name}", doc, registry=self.registry)
                           for name, doc in COUNTERS.items()}
         self._freshness = Histogram("freshrec_freshness_seconds", "Event broker timestamp to its list published",
                                     buckets=FRESHNESS_BUCKETS, registry=self.registry)
         self._batch_size = Histogram("freshrec_batch_size", "Events per micro-batch",
                                      buckets=(1, 8, 32, 64, 128, 256, 512, 1024, 4096), registry=self.registry)
+        self._stage = Histogram("freshrec_batch_stage_seconds", "Seconds a micro-batch spent in a stage: compute "
+                                "(model and lists, in the compute thread) or publish (lists, state and dead "
+                                "letters queued and flushed to the broker)", ["stage"], buckets=STAGE_BUCKETS,
+                                registry=self.registry)
         Gauge("freshrec_lag", "Events not yet consumed on this worker's partitions (reads low on the "
               "embedded broker)", registry=self.registry).set_function(lambda: -1 if self.lag is None else self.lag)
         Gauge("freshrec_index_version", "Version of the served item index",
@@ -94,6 +102,12 @@ class Metrics:
         with self._lock:
             self._batch_sizes.append(size)
 
+    def stage(self, name: str, seconds: float) -> None:
+        """One batch's time in a stage (``STAGES``)."""
+        self._stage.labels(name).observe(seconds)
+        with self._lock:
+            self._stage_ms[name].append(seconds * 1000.0)
+
     def latencies(self, values_ms: list[float]) -> None:
         for v in values_ms:
             self._freshness.observe(v / 1000.0)
@@ -104,10 +118,13 @@ class Metrics:
         with self._lock:
             lat = np.fromiter(self._latency_ms, dtype=np.float64)
             sizes = list(self._batch_sizes)
+            stages = {name: list(v) for name, v in self._stage_ms.items()}
         snap: dict[str, float | int | str | None] = {name: self.count(name) for name in COUNTERS}
         snap["latency_p50_ms"] = round(float(np.percentile(lat, 50)), 1) if len(lat) else None
         snap["latency_p99_ms"] = round(float(np.percentile(lat, 99)), 1) if len(lat) else None
         snap["batch_size_mean"] = round(sum(sizes) / len(sizes), 1) if sizes else None
+        for name, ms in stages.items():
+            snap[f"{name}_ms_mean"] = round(sum(ms) / len(ms), 1) if ms else None
         snap["lag"] = self.lag
         snap["model_version"] = self.model_version
         snap["index_version"] = self.index_version
@@ -118,7 +135,8 @@ class Metrics:
         s = self.snapshot()
         return (
             f"events in={s['events_in']} applied={s['events_applied']} dup={s['events_duplicate']} "
-            f"dlq={s['dlq']} | lists out={s['lists_out']} | batch mean={s['batch_size_mean']} | "
+            f"dlq={s['dlq']} | lists out={s['lists_out']} | batch mean={s['batch_size_mean']} "
+            f"compute={s['compute_ms_mean']}ms publish={s['publish_ms_mean']}ms | "
             f"latency p50={s['latency_p50_ms']}ms p99={s['latency_p99_ms']}ms | lag={s['lag']} | "
             f"model={s['model_version']} index={s['index_version']}"
         )

@@ -207,6 +207,8 @@ def test_trainer_process_publishes_a_version_the_worker_swaps_in_under_load(
         metrics = scrape(s.web_port)
         assert metrics["freshrec_events_applied_total"] == produced[0], worker.log_text()[-3000:]
         assert metrics.get("freshrec_events_duplicate_total", 0) == 0 and metrics.get("freshrec_dlq_total", 0) == 0
+        for stage in ("compute", "publish"):  # every batch with lists times both stages
+            assert metrics[f'freshrec_batch_stage_seconds_count{{stage="{stage}"}}'] >= 1
         [end] = last
         with RecommendationClient(s, users=[end.user_id]) as client:
             rec = client.wait_for(lambda r: r.last_event_id == end.event_id, 30)
