@@ -179,13 +179,17 @@ class OnlineRecommender:
         """Everything ``observe`` learns but the ranker: trending, item graphs, new items."""
         sig = self.trending
         sig.learn(events)
+        # learn_sequences reads at most this many of the newest earlier items (rules, session chain)
+        depth = max(sig.config.sr_steps, sig.config.knn_session_len)
         seqs = []
         for user, evs in by_user.items():
             h = histories.get(user)
             if h is None:
                 continue
             touched = {ev.item_id for ev in evs}
-            prev = [(sig.row(i), e[1]) for i, e in h.entries.items() if i not in touched]
+            prev = list(islice(((sig.row(i), e[1]) for i, e in reversed(h.entries.items()) if i not in touched),
+                               depth))
+            prev.reverse()
             seqs.append((user, prev, evs))
         sig.learn_sequences(seqs)
         self._observe_new_items(events, histories)
