@@ -16,6 +16,9 @@ One run, one embedded broker (Tansu, started here), one replayed backlog:
    backlog in its own consumer group: events/s from its first to its last batch.
    It runs ``--ceiling-runs`` times (default 3; the median counts): on a shared 2-core
    machine one short drain varies by tens of per cent.
+   Then **the model alone** (``benchmarks._model_only``): the backlog through a worker's
+   compute (``WorkerState.compute``, micro-batches of the worker's size, one thread) with no
+   Kafka or Faust, in a process of its own: no worker drains faster than this per process.
 3. **workers**: ``--workers`` ``freshrec worker`` processes in a fresh group drain the same
    backlog: events/s from the first applied event to the last (``/metrics``
    ``freshrec_events_applied_total``, summed over workers, scraped every 0.2 s).
@@ -60,7 +63,7 @@ if str(ROOT) not in sys.path:  # `python benchmarks/e2e_throughput.py` from anyw
 
 from model_core.als import train_als
 from model_core.config import ALSConfig
-from model_core.events import Event, EventType
+from model_core.events import Event, EventType, event_to_json
 from model_core.offline.synth import SynthConfig, generate_events
 from streams.broker import EmbeddedBroker, free_port
 from streams.codec import encode_event
@@ -270,6 +273,25 @@ def run_ceiling(settings: Settings, n: int, procs: Procs, workdir: Path, profile
     return out
 
 
+def run_model_only(settings: Settings, backlog: list[Event], procs: Procs, workdir: Path) -> dict[str, Any]:
+    """``benchmarks._model_only`` on the backlog: a worker's compute alone, in a process of its own."""
+    events, out = workdir / "backlog.jsonl", workdir / "model_only.json"
+    events.write_text("".join(event_to_json(e) + "\n" for e in backlog))
+    log = workdir / "model_only.log"
+    say(f"model alone: {len(backlog)} events through a worker's compute, no Kafka")
+    proc = procs.start([sys.executable, "-m", "benchmarks._model_only", str(events), str(out)],
+                       proc_env(settings), log)
+    try:
+        rc = proc.wait(timeout=900)
+    finally:
+        procs.stop(proc)
+    if rc != 0:
+        raise RuntimeError(f"the model-alone run exited ({rc}); see {log}")
+    result: dict[str, Any] = json.loads(out.read_text())
+    say(f"model alone: {result['events']} events in {result['seconds']}s -> {result['ev_s']} ev/s")
+    return result
+
+
 def read_changelog(settings: Settings, idle: float = 3.0) -> dict[str, Any]:
     """Latest record per user key in the state changelog (recovery markers skipped)."""
     from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
@@ -454,6 +476,9 @@ def main(argv: list[str] | None = None) -> int:
             # for comparison: a plain Faust agent (Faust's transport and take_events), once
             stock = run_ceiling(settings, len(backlog), procs, workdir, None, 0, stock=True) if args.stock_ceiling else None
 
+            # -- the model alone: the same backlog through a worker's compute, no Kafka ------------
+            model_only = run_model_only(settings, backlog, procs, workdir)
+
             # -- (b) the workers drain the same backlog -----------------------------------------
             ports = [free_port() for _ in range(args.workers)]
             workers = []
@@ -523,6 +548,7 @@ def main(argv: list[str] | None = None) -> int:
                 "faust_stock_ceiling_ev_s": stock["ev_s"] if stock else None,
                 "worker_ev_s": round(worker_rate, 1),
                 "ratio": round(worker_rate / ceiling["ev_s"], 3),
+                "model_only_ev_s": model_only["ev_s"],
                 "workers": args.workers,
                 "freshness_ms": {"p50": fresh_out["p50"], "p99": fresh_out["p99"]},
                 "rss_mb": rss,
@@ -532,6 +558,7 @@ def main(argv: list[str] | None = None) -> int:
                 "batch_size": settings.batch_size, "batch_within_s": settings.batch_within_s,
                 "profiled": bool(args.profile_worker or args.profile_ceiling),
                 "ceiling": ceiling,
+                "model_only": model_only,
                 "drain": {
                     "seconds": round(done_t - first[0], 2),
                     "start_to_first_applied_s": round(first[0] - t_start, 2),
@@ -567,6 +594,8 @@ freshrec end-to-end throughput  ({out['events']} backlog events, {out['items']} 
   ceiling (empty Faust agent, worker's app)   {out['ceiling_ev_s']:>10.1f} ev/s  (median of {out['ceiling']['runs_ev_s']})
   {out['workers']} worker(s) draining the backlog          {out['worker_ev_s']:>10.1f} ev/s
   ratio worker / ceiling                      {out['ratio']:>10.3f}
+  the model alone (a worker's compute, no Kafka) {out['model_only_ev_s']:>7.1f} ev/s  (ratio to the ceiling at most \
+{out['model_only_ev_s'] / out['ceiling_ev_s']:.3f})
   freshness at {args.rate:.0f} ev/s  p50 / p99          {out['freshness_ms']['p50']} / {out['freshness_ms']['p99']} ms \
 ({out['freshness']['lists']} lists{'' if out['freshness']['all_applied'] else ', NOT all applied'})
     of it in the worker / in delivery p50      {out['freshness']['worker_ms']['p50']} / \
