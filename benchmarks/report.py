@@ -74,14 +74,16 @@ def e2e() -> None:
     runs = [r for r in runs if r.get("worker_ev_s")]
     if not runs:
         return
-    print("| commit | workers | ceiling ev/s | plain Faust agent ev/s | workers ev/s | ratio | "
+    print("| commit | workers | ceiling ev/s | plain Faust agent ev/s | model alone ev/s | workers ev/s | ratio | "
           "freshness p50 / p99 ms | peak RSS MB | changelog bytes/user | load avg |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in runs:  # load avg: 1-min load average when the run started (others share the CPUs)
         f = r["freshness_ms"]
         stock = r.get("faust_stock_ceiling_ev_s")
+        alone = r.get("model_only_ev_s")
         print(f"| {(r.get('git_commit') or '?')[:7]} | {r['workers']} | {r['ceiling_ev_s']:,.0f} | "
-              f"{f'{stock:,.0f}' if stock else '–'} | {r['worker_ev_s']:,.0f} | {r['ratio']:.3f} | "
+              f"{f'{stock:,.0f}' if stock else '–'} | {f'{alone:,.0f}' if alone else '–'} | "
+              f"{r['worker_ev_s']:,.0f} | {r['ratio']:.3f} | "
               f"{f['p50']:,.0f} / {f['p99']:,.0f} | {' + '.join(f'{m:.0f}' for m in r['rss_mb'])} | "
               f"{r['changelog_bytes_per_user']:.0f} | {r.get('loadavg_1m', ['–'])[0]} |")
 
