@@ -594,8 +594,8 @@ freshrec end-to-end throughput  ({out['events']} backlog events, {out['items']} 
   ceiling (empty Faust agent, worker's app)   {out['ceiling_ev_s']:>10.1f} ev/s  (median of {out['ceiling']['runs_ev_s']})
   {out['workers']} worker(s) draining the backlog          {out['worker_ev_s']:>10.1f} ev/s
   ratio worker / ceiling                      {out['ratio']:>10.3f}
-  the model alone (a worker's compute, no Kafka) {out['model_only_ev_s']:>7.1f} ev/s  (ratio to the ceiling at most \
-{out['model_only_ev_s'] / out['ceiling_ev_s']:.3f})
+  the model alone (a worker's compute, no Kafka) {out['model_only_ev_s']:>7.1f} ev/s per process  ({out['workers']} \
+worker(s): ratio at most {out['workers'] * out['model_only_ev_s'] / out['ceiling_ev_s']:.3f})
   freshness at {args.rate:.0f} ev/s  p50 / p99          {out['freshness_ms']['p50']} / {out['freshness_ms']['p99']} ms \
 ({out['freshness']['lists']} lists{'' if out['freshness']['all_applied'] else ', NOT all applied'})
     of it in the worker / in delivery p50      {out['freshness']['worker_ms']['p50']} / \
