@@ -7,8 +7,8 @@ Loads the served model from ``FRESHREC_MODEL_DIR`` exactly as a worker does
 thread's BLAS/OpenMP limit), then runs the events through it in micro-batches of
 ``FRESHREC_BATCH_SIZE``: each event applied to its user's history, then
 ``WorkerState.compute`` for the batch (learning, candidates, ranker, lists), all in
-one thread. Writes ``{"ev_s", "seconds", "events", "batches"}`` (events/s from the
-first batch to the last) to OUT_JSON. Started by ``benchmarks/e2e_throughput.py``:
+one thread. Writes ``{"ev_s", "seconds", "events", "batches"}`` (events/s over all the
+batches, model loading not counted) to OUT_JSON. Started by ``benchmarks/e2e_throughput.py``:
 a worker can drain no faster than this, whatever its stream does.
 """
 
