@@ -12,13 +12,6 @@ Faust clears the agents' queues, and the message it delivers carries the old
 consumer generation, so the agent drops it unprocessed and unacked
 (``streams.batching.take_batches``, like Faust's own streams).
 
-One more difference: a fetch that a rebalance's seek to the committed offsets
-overtook is dropped, and the consumer seeks again. Faust stamps a fetch's records
-with the consumer generation current when the fetch *returns*, so a fetch issued
-before a rebalance could deliver records of the old read position under the new
-generation, and the events Faust cleared from the agents' queues at the
-revocation were then never applied (``FastConsumer._restart_after_stale_fetch``).
-
 Everything else is Faust's: offset gaps, commits every ``broker_commit_every``
 messages, the read offsets and the diagnostics flags. Two schemes are
 registered: ``kafka-freshrec://`` (production) and ``kafka-embedded://`` (the
@@ -53,14 +46,6 @@ def _make_transports() -> tuple[Any, Any]:
 
     class FastConsumer(driver.Consumer):  # type: ignore[misc]
         fetch_max_wait_ms: int | None = None
-        _seeks = 0  # +1 when a seek to the committed offsets starts, +1 when it ends
-
-        async def perform_seek(self) -> None:
-            self._seeks += 1
-            try:
-                await super().perform_seek()
-            finally:
-                self._seeks += 1
 
         def _new_consumer_thread(self) -> Any:
             wait_ms = self.fetch_max_wait_ms
@@ -74,21 +59,6 @@ def _make_transports() -> tuple[Any, Any]:
                     return consumer
 
             return Thread(self, loop=self.loop, beacon=self.beacon)
-
-        async def _restart_after_stale_fetch(self, stale: int) -> None:
-            """Drop a fetch that a rebalance's seek overtook, and seek to the committed offsets again.
-
-            A fetch issued before a rebalance can come back after the new assignment's seek,
-            holding records from the old read position, past the messages Faust cleared
-            from the agents' queues at the revocation. Delivered, they would be applied
-            ahead of those messages, and they would move the read offset past them, so the
-            fetch from the committed offsets would skip them as read already: a whole
-            queue's worth of events never applied. Nothing from such a fetch is delivered,
-            and a seek back to the committed offsets fetches all of it again, in order.
-            """
-            self.log.info("dropped %d records of a fetch that a seek overtook; seeking to the committed "
-                          "offsets again", stale)
-            await self.perform_seek()
 
         async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover - runs in workers
             callback = self.callback
@@ -104,16 +74,11 @@ def _make_transports() -> tuple[Any, Any]:
             try:
                 while not (consumer_should_stop() or fetcher_should_stop()):
                     self.diag.set_flag(CONSUMER_FETCHING)
-                    seeks = self._seeks
-                    stale = 0
                     ait = cast(Any, getmany(timeout=1.0))
                     await asyncio.sleep(0)
                     if self.should_stop:
                         continue
                     async for tp, message in ait:
-                        if self._seeks != seeks:
-                            stale += 1  # fetched across a seek (see _restart_after_stale_fetch)
-                            continue
                         since_yield += 1
                         if since_yield > 100:
                             await asyncio.sleep(0)
@@ -132,8 +97,6 @@ def _make_transports() -> tuple[Any, Any]:
                         else:
                             await callback(message)
                         set_read_offset(tp, offset)
-                    if stale:
-                        await self._restart_after_stale_fetch(stale)
                     self.diag.unset_flag(CONSUMER_FETCHING)
             except self.consumer_stopped_errors:
                 if self.transport.app.should_stop:
