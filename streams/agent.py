@@ -126,7 +126,8 @@ class EventAgent:
         """The agent: never lets an exception out (Faust would restart it, but its stream would not resume)."""
         self.health.agent_running = True
         try:
-            async for batch in take_batches(stream, self.settings.batch_size, self.settings.batch_within_s):
+            async for batch in take_batches(stream, self.settings.batch_size, self.settings.batch_within_s,
+                                            self.on_offset_gap):
                 await self.process(batch)
                 self.health.progress()
         except asyncio.CancelledError:
@@ -136,6 +137,13 @@ class EventAgent:
             fatal(f"the event agent crashed: {exc!r}")
         finally:
             self.health.agent_running = False
+
+    def on_offset_gap(self, tp: Any, expected: int, missing: int) -> None:
+        """Messages skipped before the agent saw them: counted and logged, never silent."""
+        self.metrics.inc("offset_gaps", missing)
+        log.warning("offset gap on %s[%d]: expected offset %d, got %d: %d messages were skipped before this "
+                    "worker saw them (a consumer fault at a rebalance, or retention deleted them unread)",
+                    tp.topic, tp.partition, expected, expected + missing, missing)
 
     def to_dlq(self, dead: list[tuple[Any, str]]) -> None:
         """Queue dead-letter records (delivered with the batch's flush)."""

@@ -21,22 +21,52 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-__all__ = ["take_batches"]
+__all__ = ["OffsetWatch", "take_batches"]
 
 log = logging.getLogger("freshrec.worker")
 
 
-async def take_batches(stream: Any, max_: int, within: float) -> AsyncIterator[list[Any]]:
+class OffsetWatch:
+    """The offset each partition's next message should have, to notice messages skipped upstream.
+
+    Within one consumer generation, a partition's messages reach the agent with consecutive
+    offsets: the first one at the committed offset the assignment sought to, then each one
+    past the last. A message further on means messages were skipped before the agent saw
+    them (by the consumer, or by retention deleting them before they were read). One
+    missing offset is allowed: a transaction's commit marker takes one.
+    """
+
+    def __init__(self) -> None:
+        self._next: dict[Any, int] = {}
+        self._generation: int | None = None
+
+    def check(self, tp: Any, offset: int, generation: int, committed: int | None) -> tuple[int, int] | None:
+        """Note a message; (expected offset, missing count) when messages were skipped before it."""
+        if generation != self._generation:
+            self._next.clear()
+            self._generation = generation
+        expected = self._next.get(tp, committed)
+        self._next[tp] = offset + 1
+        if expected is None or offset <= expected + 1:
+            return None
+        return expected, offset - expected
+
+
+async def take_batches(stream: Any, max_: int, within: float,
+                       on_gap: Callable[[Any, int, int], None] | None = None) -> AsyncIterator[list[Any]]:
     """Yield lists of up to ``max_`` events, each within ``within`` seconds of its first event.
 
     ``stream`` is the agent's stream (``async def agent(stream)``); the events are
     Faust events (``event.message`` has key, value, topic, partition, offset,
     timestamp). Events are acked when the consumer of this generator asks for the
-    next batch; a batch whose loop body raised is never acked.
+    next batch; a batch whose loop body raised is never acked. ``on_gap(tp, expected,
+    missing)`` is called for a message that arrives past the offset its partition's
+    next message should have had (``OffsetWatch``).
     """
+    watch = OffsetWatch()
     app = stream.app
     consumer = app.consumer
     channel = stream.channel
@@ -79,6 +109,11 @@ async def take_batches(stream: Any, max_: int, within: float) -> AsyncIterator[l
             if message.topic in acking_topics and not message.tracked:
                 message.tracked = True
                 consumer.unacked.add(message)
+            if on_gap is not None:
+                tp = message.tp
+                gap = watch.check(tp, message.offset, generation, consumer._committed_offset.get(tp))
+                if gap is not None:
+                    on_gap(tp, *gap)
             events.append(event)
         if dropped:
             log.info("dropped %d of %d messages taken during a rebalance (flow %s, generation %s, "

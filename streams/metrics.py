@@ -39,6 +39,7 @@ COUNTERS = {
     "retries": "Batch compute or publish attempts that failed and were retried",
     "batches_failed": "Batches that failed after their retries (dead-lettered with on_error=dlq)",
     "batches": "Micro-batches processed",
+    "offset_gaps": "Messages a partition skipped before the agent saw them (a message past the expected offset)",
     "catalog_updates": "Catalog messages applied",
     "model_swaps": "Model versions swapped in without a restart",
     "model_errors": "Model versions that could not be loaded (old one kept)",
