@@ -349,12 +349,7 @@ class StreamSignals:
         self._cap = cap
 
     def rows_of(self, items: Iterable[str]) -> np.ndarray:
-        items = list(items)
-        get = self.rows.get
-        out = np.fromiter((get(i, -1) for i in items), np.int64, len(items))
-        for j in np.flatnonzero(out < 0).tolist():  # new items get rows in order, as row() hands them out
-            out[j] = self.row(items[j])
-        return out
+        return np.fromiter((self.row(i) for i in items), np.int64)
 
     def set_category(self, items: Iterable[str], categories: Iterable[str | None]) -> None:
         """Item metadata (catalog or events): an item's category, None to clear it."""
