@@ -2,10 +2,10 @@
 
     FRESHREC_...=... python -m benchmarks._ceiling_agent GROUP N STATUS_FILE [stock]
 
-Builds the app with ``streams.app.make_app(settings, app_id=GROUP)`` (the worker's exact
+Builds the app with ``streams.worker.app.make_app(settings, app_id=GROUP)`` (the worker's exact
 Faust settings: transport, timeouts, serializers, web server), consumes
 ``settings.events_topic`` with ``take_batches(stream, settings.batch_size,
-settings.batch_within_s)`` exactly as ``streams.agent.EventAgent.run`` does, and only
+settings.batch_within_s)`` exactly as ``streams.worker.agent.EventAgent.run`` does, and only
 counts. With ``stock``: Faust's own ``kafka://`` transport and ``stream.take_events``
 (what a plain Faust agent gets), for comparison. STATUS_FILE gets a JSON line ``{"count", "first", "last", "first_batch"}``
 (wall-clock seconds of the first and the latest batch) about every 0.5 s and at once
@@ -25,10 +25,9 @@ from typing import Any
 def main(argv: list[str]) -> int:
     import faust
 
-    from streams.app import make_app
     from streams.settings import load_settings
-
-    from streams.batching import take_batches
+    from streams.worker.app import make_app
+    from streams.worker.batching import take_batches
 
     group, target, status_path = argv[0], int(argv[1]), argv[2]
     stock = argv[3:] == ["stock"]

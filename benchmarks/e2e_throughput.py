@@ -12,7 +12,7 @@ One run, one embedded broker (Tansu, started here), one replayed backlog:
    ``--events`` events, their times mapped into the last day, are produced to a fresh
    events topic (key = user_id, ``streams.codec.encode_event``) before anything consumes.
 2. **ceiling**: ``benchmarks._ceiling_agent`` (the worker's own Faust app from
-   ``streams.app.make_app``, an agent that only takes batches and counts) drains the
+   ``streams.worker.app.make_app``, an agent that only takes batches and counts) drains the
    backlog in its own consumer group: events/s from its first to its last batch.
    It runs ``--ceiling-runs`` times (default 3; the median counts): on a shared 2-core
    machine one short drain varies by tens of per cent.
@@ -66,11 +66,11 @@ from model_core.config import ALSConfig
 from model_core.events import Event, EventType, event_to_json
 from model_core.offline.synth import SynthConfig, generate_events
 from streams.broker import EmbeddedBroker, free_port
+from streams.cli.replay import wait_until
 from streams.codec import encode_event
 from streams.kafka import client_config, ensure_topics, produce
-from streams.metrics import scrape
-from streams.replay import wait_until
 from streams.settings import Settings, load_settings
+from streams.worker.metrics import scrape
 
 DAY = 86400.0
 
@@ -330,7 +330,7 @@ def freshness(settings: Settings, fresh: list[Event], rate: float, ports: list[i
     """Produce ``fresh`` at ``rate`` ev/s (event time = now) while a subscriber measures received - last_event_at."""
     from confluent_kafka import Producer
 
-    from streams.tail import RecommendationClient
+    from streams.recommendation_client import RecommendationClient
 
     client = RecommendationClient(settings, from_beginning=False)
     lat_ms: list[float] = []

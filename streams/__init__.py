@@ -9,7 +9,7 @@ Services that consume the published lists need two names::
 
 from streams.codec import Recommendation
 from streams.errors import BrokerUnavailableError
+from streams.recommendation_client import RecommendationClient
 from streams.settings import Settings, load_settings
-from streams.tail import RecommendationClient
 
 __all__ = ["BrokerUnavailableError", "Recommendation", "RecommendationClient", "Settings", "load_settings"]

@@ -7,11 +7,14 @@ from typing import Any
 
 from streams.errors import BrokerUnavailableError, ConfigError
 from streams.settings import Settings
-from streams.transport import EMBEDDED_FETCH_WAIT_MS
 
-__all__ = ["check_brokers", "client_config", "ensure_topics", "is_error", "produce", "topic_specs"]
+__all__ = ["EMBEDDED_FETCH_WAIT_MS", "check_brokers", "client_config", "ensure_topics", "is_error", "produce", "topic_specs"]
 
 log = logging.getLogger(__name__)
+
+EMBEDDED_FETCH_WAIT_MS = 20
+"""Fetch wait on the embedded broker, which answers a fetch only when its wait expires: each hop
+waits up to this long (20 ms keeps freshness under 100 ms; see docs/broker.md)."""
 
 
 def client_config(settings: Settings, role: str, **extra: Any) -> dict[str, Any]:

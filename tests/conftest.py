@@ -12,10 +12,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from workers import WorkerProcess
 
 from streams.broker import EmbeddedBroker
 from streams.settings import Settings, load_settings
-from workers import WorkerProcess
 
 
 @pytest.fixture(scope="session")

@@ -14,8 +14,8 @@ from workers import fault_settings, small_model
 
 from streams.broker import EmbeddedBroker
 from streams.kafka import client_config
+from streams.recommendation_client import RecommendationClient
 from streams.settings import Settings
-from streams.tail import RecommendationClient
 
 USERS = [f"f{i}" for i in range(24)]
 T0 = time.time() - 86400  # event times inside the accepted window (not after the broker time)

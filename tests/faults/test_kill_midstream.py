@@ -24,8 +24,8 @@ from workers import WorkerProcess, fault_settings, small_model
 
 from streams.broker import EmbeddedBroker
 from streams.kafka import client_config
+from streams.recommendation_client import RecommendationClient
 from streams.settings import Settings
-from streams.tail import RecommendationClient
 
 USERS = [f"k{i}" for i in range(40)]
 RATE = 200.0  # events/s, round robin over the users, until the last restarted worker is up

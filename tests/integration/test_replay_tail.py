@@ -14,17 +14,17 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
 from model_core.offline.logs import ReadReport
 from streams.broker import EmbeddedBroker
-from streams.broker import add_parser as add_broker_parser
+from streams.cli.broker import add_parser as add_broker_parser
+from streams.cli.replay import ReplayStats, replay, replay_event_id
+from streams.cli.replay import add_parser as add_replay_parser
+from streams.cli.replay import run as run_replay
+from streams.cli.tail import add_parser as add_tail_parser
+from streams.cli.tail import run as run_tail
 from streams.codec import Recommendation, decode_event, encode_recommendation
 from streams.errors import BrokerUnavailableError
 from streams.kafka import client_config, ensure_topics
-from streams.replay import ReplayStats, replay, replay_event_id
-from streams.replay import add_parser as add_replay_parser
-from streams.replay import run as run_replay
+from streams.recommendation_client import RecommendationClient, format_recommendation
 from streams.settings import Settings
-from streams.tail import RecommendationClient, format_recommendation
-from streams.tail import add_parser as add_tail_parser
-from streams.tail import run as run_tail
 
 T0_MS = 1_433_221_332_117
 N_VALID = 200
@@ -260,7 +260,7 @@ def test_client_keeps_the_newest_list_per_user(settings: Settings, caplog: pytes
         ("u1", b"[1, 2]"),
         ("u2", encode_recommendation(rec("u2", now - 5, [("old", 0.1)], 0))),  # older, arrives later
     ])
-    with caplog.at_level(logging.WARNING, logger="streams.tail"), RecommendationClient(settings) as client:
+    with caplog.at_level(logging.WARNING, logger="streams.recommendation_client"), RecommendationClient(settings) as client:
         got = client.wait_for(lambda r: r.user_id == "u1" and r.events_applied == 2, timeout=10)
         assert got is not None and got.item_ids == ["i2", "i3"]
         client.drain(idle=0.5)

@@ -21,20 +21,20 @@ from workers import WorkerProcess
 
 from model_core.als import REJECTED_DIR, ALSModel, model_versions, train_als
 from model_core.config import ALSConfig
+from model_core.errors import ConfigError
 from model_core.events import Event, EventType, event_to_json
 from model_core.offline.evaluate import GATE_Z
 from model_core.offline.synth import SynthConfig, generate_events
-from model_core.errors import ConfigError
-from streams.archive import Archiver
 from streams.broker import free_port
 from streams.cli import main
+from streams.cli.archive import Archiver
+from streams.cli.replay import replay
+from streams.cli.trainer import TrainOptions, train_from_topic
 from streams.codec import encode_erase
 from streams.kafka import client_config, ensure_topics
-from streams.metrics import scrape
-from streams.replay import replay
+from streams.recommendation_client import RecommendationClient
 from streams.settings import Settings
-from streams.tail import RecommendationClient
-from streams.trainer import TrainOptions, train_from_topic
+from streams.worker.metrics import scrape
 
 SYNTH = SynthConfig(users=300, items=120, events=12_000, clusters=4, new_item_fraction=0.0, seed=5)
 ALS = ALSConfig(factors=16, iterations=6)

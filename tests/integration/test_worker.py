@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+from workers import WorkerProcess
 
 from model_core.als import train_als
 from model_core.config import ALSConfig
@@ -21,9 +22,8 @@ from model_core.offline.synth import SynthConfig, generate_events, make_catalog
 from streams.broker import EmbeddedBroker, free_port
 from streams.codec import Recommendation
 from streams.kafka import client_config
+from streams.recommendation_client import RecommendationClient
 from streams.settings import Settings, load_settings
-from streams.tail import RecommendationClient
-from workers import WorkerProcess
 
 SYNTH = SynthConfig(users=400, items=150, events=30_000, clusters=5, new_item_fraction=0.0, seed=11)
 T0 = SYNTH.start_time + SYNTH.days * 86400 + 3600  # after the training log
@@ -234,7 +234,7 @@ def test_health_and_readiness(worker: Worker) -> None:
 
 
 def test_erase_forgets_the_user_end_to_end(worker: Worker) -> None:
-    from streams.erase import erase_users
+    from streams.cli.erase import erase_users
 
     s = worker.settings
     user = "erase-me"

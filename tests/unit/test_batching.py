@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from streams.batching import OffsetWatch
+from streams.worker.batching import OffsetWatch
 
 
 def test_consecutive_offsets_and_redeliveries_are_not_gaps() -> None:

@@ -1,12 +1,12 @@
-"""What /health and /ready answer (streams.agent.Health)."""
+"""What /health and /ready answer (streams.worker.agent.Health)."""
 
 from __future__ import annotations
 
 import time
 
-from streams.agent import Health
 from streams.settings import load_settings
-from streams.userstate import UserStateStore
+from streams.worker.agent import Health
+from streams.worker.userstate import UserStateStore
 
 
 def test_liveness_fails_when_events_wait_and_nothing_moves() -> None:

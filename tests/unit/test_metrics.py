@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from streams.metrics import Metrics
+from streams.worker.metrics import Metrics
 
 
 def test_stage_times_reach_the_log_line_and_prometheus() -> None:

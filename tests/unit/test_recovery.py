@@ -10,9 +10,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from streams.agent import EventAgent
 from streams.settings import load_settings
-from streams.userstate import UserStateStore
+from streams.worker.agent import EventAgent
+from streams.worker.userstate import UserStateStore
 
 
 class GatedStore(UserStateStore):

@@ -21,7 +21,7 @@ from model_core.errors import BadInputError, ConfigError
 from model_core.events import Event, EventType
 from model_core.offline.evaluate import GATE_Z, paired_z
 from model_core.offline.synth import SynthConfig, generate_events
-from streams.trainer import TrainOptions, parse_duration
+from streams.cli.trainer import TrainOptions, parse_duration
 
 SMALL = SynthConfig(users=80, items=40, events=2000, clusters=3, seed=2)
 

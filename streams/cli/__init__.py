@@ -21,7 +21,7 @@ from streams.settings import Settings, add_kafka_flags, load_settings
 if TYPE_CHECKING:
     from model_core.config import ALSConfig, FoldInConfig
     from model_core.events import Event
-    from streams.trainer import TrainOptions
+    from streams.cli.trainer import TrainOptions
 
 log = logging.getLogger("freshrec")
 
@@ -85,7 +85,7 @@ def _add_topic_train_args(p: argparse.ArgumentParser, *, trainer: bool = False) 
 
 
 def _train_options(args: argparse.Namespace) -> TrainOptions:
-    from streams.trainer import TrainOptions, parse_duration
+    from streams.cli.trainer import TrainOptions, parse_duration
 
     if args.since is not None and getattr(args, "from_offsets", None):
         raise ConfigError("give --since or --from-offsets earliest, not both")
@@ -205,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_foldin_args(p)
     _add_common(p)
 
-    from streams import archive, broker, demo, erase, replay, tail
+    from streams.cli import archive, broker, demo, erase, replay, tail
 
     for module in (broker, replay, tail, erase, archive, demo):
         module.add_parser(sub)
@@ -268,7 +268,7 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     if args.from_topic == bool(args.logs):
         raise ConfigError("give --log FILE or --from-topic (one of them)")
     if args.from_topic:
-        from streams.trainer import train_from_topic
+        from streams.cli.trainer import train_from_topic
 
         if args.fraction != 1.0 or args.format != "auto" or args.columns or args.types:
             raise ConfigError("--fraction, --format, --columns and --types go with --log, not --from-topic")
@@ -314,7 +314,7 @@ def _table(report: dict) -> str:
 
 
 def cmd_trainer(args: argparse.Namespace, settings: Settings) -> int:
-    from streams.trainer import parse_duration, run_trainer
+    from streams.cli.trainer import parse_duration, run_trainer
 
     every = parse_duration(args.every)
     log.info("trainer: every %.0fs, versions in %s; settings: %s", every, args.out, settings.describe())
@@ -350,7 +350,7 @@ def _module_command(name: str) -> Callable[[argparse.Namespace, Settings], int]:
     def run(args: argparse.Namespace, settings: Settings) -> int:
         import importlib
 
-        return int(importlib.import_module(f"streams.{name}").run(args, settings))
+        return int(importlib.import_module(f"streams.cli.{name}").run(args, settings))
 
     return run
 
@@ -382,6 +382,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"freshrec {args.command}: interrupted", file=sys.stderr)
         return 130
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -28,12 +28,12 @@ from model_core.config import ALSConfig
 from model_core.events import Event, event_to_json
 from model_core.offline.synth import SynthConfig, generate_events
 from streams.broker import EmbeddedBroker, free_port
+from streams.cli.replay import ReplayStats, replay
 from streams.errors import BrokerUnavailableError, ConfigError
 from streams.kafka import client_config, ensure_topics, produce
-from streams.metrics import scrape
-from streams.replay import ReplayStats, replay
+from streams.recommendation_client import RecommendationClient
 from streams.settings import Settings
-from streams.tail import RecommendationClient
+from streams.worker.metrics import scrape
 
 __all__ = ["add_parser", "run", "run_demo"]
 
@@ -171,7 +171,7 @@ def _seed_history(settings: Settings, events: list[Event]) -> None:
 
 def _retrain(settings: Settings, models: Path) -> dict[str, Any]:
     """One round of `freshrec train --from-topic` (the gate included), as the trainer runs it."""
-    from streams.trainer import TrainOptions, train_from_topic
+    from streams.cli.trainer import TrainOptions, train_from_topic
 
     return train_from_topic(settings, ALSConfig(), models, TrainOptions(holdout=600, warmup=2000, keep=0))
 

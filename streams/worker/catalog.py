@@ -16,8 +16,8 @@ import uuid
 from collections.abc import Callable
 
 from streams.kafka import client_config
-from streams.metrics import Metrics
 from streams.settings import Settings
+from streams.worker.metrics import Metrics
 
 __all__ = ["CATALOG_EVENTS", "CatalogListener"]
 

@@ -198,7 +198,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    from streams.trainer import parse_duration
+    from streams.cli.trainer import parse_duration
 
     archiver = Archiver(settings, args.out, roll_bytes=int(args.roll_mb * (1 << 20)),
                         roll_s=parse_duration(args.roll_every))

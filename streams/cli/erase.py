@@ -31,7 +31,7 @@ def erase_users(settings: Settings, users: list[str], *, wait_s: float = 0.0) ->
     tombstone on the recommendations topic and return the users confirmed erased."""
     from confluent_kafka import Producer
 
-    from streams.tail import RecommendationClient
+    from streams.recommendation_client import RecommendationClient
 
     ensure_topics(settings)
     client = RecommendationClient(settings, from_beginning=False, users=users) if wait_s > 0 else None

@@ -10,12 +10,12 @@ through ``wait_first`` only while flow is suspended (a rebalance in progress).
 A delivery blocked on a full queue when a rebalance starts is released when
 Faust clears the agents' queues, and the message it delivers carries the old
 consumer generation, so the agent drops it unprocessed and unacked
-(``streams.batching.take_batches``, like Faust's own streams).
+(``streams.worker.batching.take_batches``, like Faust's own streams).
 
 Everything else is Faust's: offset gaps, commits every ``broker_commit_every``
 messages, the read offsets and the diagnostics flags. Two schemes are
 registered: ``kafka-freshrec://`` (production) and ``kafka-embedded://`` (the
-same, with a short fetch wait for the embedded broker; see streams.embedded).
+same, with a short fetch wait for the embedded broker; see streams.worker.embedded).
 """
 
 from __future__ import annotations
@@ -25,9 +25,7 @@ from typing import Any, cast
 
 __all__ = ["EMBEDDED_FETCH_WAIT_MS", "transport_scheme"]
 
-EMBEDDED_FETCH_WAIT_MS = 20
-"""Fetch wait on the embedded broker, which answers a fetch only when its wait expires: each hop
-waits up to this long (Faust hard-codes 1500 ms, ~0.4 s a hop; 20 ms keeps freshness under 100 ms)."""
+from streams.kafka import EMBEDDED_FETCH_WAIT_MS
 
 
 def transport_scheme(embedded: bool) -> str:

@@ -1,9 +1,9 @@
 """One streaming worker: the served model and its swaps, wired into the Faust app.
 
-``streams.agent`` holds the event agent (decode -> state -> model -> publish),
-``streams.catalog`` the catalog listener, ``streams.app`` the Faust app's
-settings, ``streams.embedded`` the embedded broker's workarounds and
-``streams.userstate`` the per-user state and its recovery.
+``streams.worker.agent`` holds the event agent (decode -> state -> model -> publish),
+``streams.worker.catalog`` the catalog listener, ``streams.worker.app`` the Faust app's
+settings, ``streams.worker.embedded`` the embedded broker's workarounds and
+``streams.worker.userstate`` the per-user state and its recovery.
 """
 
 from __future__ import annotations
@@ -31,13 +31,13 @@ from model_core.events import Event
 from model_core.index import IndexConfig
 from model_core.online import OnlineRecommender
 from model_core.state import UserHistory
-from streams.agent import EXIT_FATAL, EventAgent, Health
-from streams.app import make_app
-from streams.catalog import CATALOG_EVENTS, CatalogListener
-from streams.embedded import lag
 from streams.kafka import ensure_topics
-from streams.metrics import Metrics
 from streams.settings import Settings
+from streams.worker.agent import EXIT_FATAL, EventAgent, Health
+from streams.worker.app import make_app
+from streams.worker.catalog import CATALOG_EVENTS, CatalogListener
+from streams.worker.embedded import lag
+from streams.worker.metrics import Metrics
 
 __all__ = ["CATALOG_EVENTS", "EXIT_FATAL", "WorkerState", "build_app", "run_worker"]
 

@@ -1,6 +1,6 @@
 """The event agent: decode -> state -> model -> publish, one micro-batch at a time.
 
-Per micro-batch (``streams.batching.take_batches``: one await per batch):
+Per micro-batch (``streams.worker.batching.take_batches``: one await per batch):
 
 1. decode + validate every message (``decode_message``, which raises nothing but
    BadInputError): a bad one goes to the dead-letter topic with the reason, and
@@ -38,7 +38,6 @@ import faust
 from model_core.errors import BadInputError
 from model_core.events import Event
 from model_core.state import UserHistory
-from streams.batching import take_batches
 from streams.codec import (
     EraseCommand,
     EventLimits,
@@ -47,9 +46,10 @@ from streams.codec import (
     dlq_record,
     encode_recommendation,
 )
-from streams.publisher import Publisher
 from streams.settings import Settings
-from streams.userstate import UserStateStore
+from streams.worker.batching import take_batches
+from streams.worker.publisher import Publisher
+from streams.worker.userstate import UserStateStore
 
 if TYPE_CHECKING:
     from streams.worker import WorkerState

@@ -7,14 +7,14 @@ from typing import Any
 import faust
 
 from streams.settings import Settings
-from streams.transport import transport_scheme
+from streams.worker.transport import transport_scheme
 
 __all__ = ["make_app"]
 
 
 def make_app(settings: Settings, app_id: str | None = None, *, stock: bool = False) -> faust.App:
     """A Faust app configured from settings: transport and timeouts per profile, raw bytes
-    in and out, no tables (freshrec keeps its own state, see streams.userstate).
+    in and out, no tables (freshrec keeps its own state, see streams.worker.userstate).
 
     ``stock=True`` uses Faust's own ``kafka://`` transport instead of freshrec's (the
     benchmark's comparison; on the embedded broker it waits 1.5 s per fetch).

@@ -4,13 +4,13 @@ Tansu's gaps (measured in shared/BROKER.md) and what freshrec does about them:
 
 - **Fetches are answered only when their wait expires.** Faust hard-codes a
   1,500 ms fetch wait, so each hop waited ~0.4 s: ``kafka-embedded://``
-  (``streams.transport``) and the confluent-kafka clients wait 20 ms.
+  (``streams.worker.transport``) and the confluent-kafka clients wait 20 ms.
 - **Group joins wait for the whole session timeout.** The embedded profile
-  shortens Faust's session, heartbeat and rebalance timeouts (``streams.app``)
+  shortens Faust's session, heartbeat and rebalance timeouts (``streams.worker.app``)
   and confluent-kafka's (``streams.kafka.client_config``).
 - **End offsets are under-reported** (start of the last stored batch + 1).
   Consumer lag reads low (``lag`` says so); state recovery does not use end
-  offsets at all (``streams.userstate`` reads up to a marker it writes).
+  offsets at all (``streams.worker.userstate`` reads up to a marker it writes).
 - **No exactly-once producer** (aiokafka's ``InitProducerId`` v0): freshrec is
   at-least-once with exactly-once effect on state on every broker.
 """
