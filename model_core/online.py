@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from itertools import islice
 
 import numpy as np
@@ -39,7 +40,7 @@ from model_core.reco import BaseRecommender, Ranked
 from model_core.signals import Candidates, SignalsConfig, StreamSignals
 from model_core.state import UserHistory
 
-__all__ = ["OnlineRecommender", "Recommendation", "ServedRecommender"]
+__all__ = ["OnlineRecommender", "Recommendation", "ServedRecommender", "Step"]
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,18 @@ Recommendation = list[tuple[str, float]]
 
 _NEW_ITEM_USERS = 50  # users remembered per folded-in new item
 _SMALL_BATCH = 8  # up to this many users, fold-in inputs are built with plain loops
+
+
+@dataclass
+class Step:
+    """One batch planned by ``OnlineRecommender.plan_step``: its lists, and what it will teach."""
+
+    lists: list[Recommendation]
+    examples: Candidates | None  # the ranker's examples (the lists due before the users' last events)
+    targets: list[str]  # the item each example's user chose
+    events: Sequence[Event]
+    histories: Mapping[str, UserHistory]
+    by_user: Mapping[str, list[Event]]
 
 
 class OnlineRecommender:
@@ -138,19 +151,25 @@ class OnlineRecommender:
         self._learn(events, histories, by_user)
 
     def step(self, events: Sequence[Event], histories: Mapping[str, UserHistory], k: int = 20) -> list[Recommendation]:
-        """``observe`` then ``recommend`` for the touched users, as the worker runs a batch, with
-        one candidate search for both: the ranker's examples and the users' new lists.
+        """``plan_step`` then ``learn_step``: the touched users' new lists, then the batch learned.
 
-        It learns what ``observe`` learns: the ranker trains on the same examples (the
-        lists due before the users' last events) and the same statistics are kept.
-        Vocabulary rows are handed out on first use, so a new item may get a different
-        row than under ``observe``, and ties between candidates may break differently.
-        The lists see the users' new events and the global state (item graphs,
-        trending, new items' vectors) as of the batch before; ``observe`` +
-        ``recommend`` would also see this batch's. That is one batch (tens of
-        milliseconds) of lag for the global part, for one search instead of two. The gain
-        grows with the catalogue: +4-8% events/s end to end with 100k items (README), within
-        noise with 3k (``benchmarks/served_speed.py``).
+        ``observe`` + ``recommend`` in one candidate search: the ranker's examples (the lists
+        due before the users' last events) and the users' new lists. The lists see the users'
+        new events and the global state (ranker, item graphs, trending, new items' vectors) as
+        of the batch before; ``observe`` + ``recommend`` would also see this batch's. That is
+        one batch (tens of milliseconds) of lag for the global part, for one search instead of
+        two. Vocabulary rows are handed out on first use, so a new item may get a different row
+        than under ``observe``, and ties between candidates may break differently.
+        """
+        plan = self.plan_step(events, histories, k)
+        self.learn_step(plan)
+        return plan.lists
+
+    def plan_step(self, events: Sequence[Event], histories: Mapping[str, UserHistory], k: int = 20) -> Step:
+        """The batch's lists and what it will teach, learning nothing: safe to run again.
+
+        A caller that retries a failed batch retries this; ``learn_step`` then learns the
+        batch once.
         """
         by_user = self._by_user(events)
         pseudo, targets = self._ranker_examples(by_user, histories)
@@ -159,13 +178,27 @@ class OnlineRecommender:
         cand, _ = self._candidates(pseudo + hs, [h.exclude() for h in pseudo] + exclude)
         n = len(pseudo)
         mine = cand.user >= n
-        if n:
-            train = ~mine
-            self.trending.train_step(Candidates(cand.user[train], cand.row[train], cand.x[train]),
-                                     self.trending.rows_of(targets))
         lists = self._rank(Candidates(cand.user[mine] - n, cand.row[mine], cand.x[mine]), hs, exclude, k)
-        self._learn(events, histories, by_user)
-        return lists
+        train = ~mine
+        examples = Candidates(cand.user[train], cand.row[train], cand.x[train]) if n else None
+        return Step(lists, examples, targets, events, histories, by_user)
+
+    def learn_step(self, plan: Step) -> None:
+        """Learn what ``plan_step`` planned: the ranker on its examples, then the batch's global side."""
+        if plan.examples is not None:
+            self.trending.train_step(plan.examples, self.trending.rows_of(plan.targets))
+        self._learn(plan.events, plan.histories, plan.by_user)
+
+    def forget_users(self, user_ids: Iterable[str]) -> None:
+        """Erase: drop everything this model keeps under the users' ids (their session-kNN
+        sessions, their contributions to new items' vectors). Item-side statistics they fed
+        (counts, item graphs) are not per user and stay."""
+        users = set(user_ids)
+        for uid in users:
+            self.trending.sessions.forget(uid)
+        for seen in self._new_items.values():
+            for uid in users.intersection(seen):
+                del seen[uid]
 
     @staticmethod
     def _by_user(events: Sequence[Event]) -> dict[str, list[Event]]:

@@ -182,6 +182,15 @@ class _SessionStore:
             self.owner = {k: v for k, v in self.owner.items() if self.gen[v[0]] == v[1]}
         return slot
 
+    def forget(self, key: str) -> None:
+        """Drop the key's session: its slot is emptied and recycled (its postings go stale)."""
+        have = self.owner.pop(key, None)
+        if have is not None and self.gen[have[0]] == have[1]:
+            slot = have[0]
+            self.gen[slot] += 1
+            self.items[slot] = -1
+            self.last_time[slot] = -np.inf
+
     def own_slot(self, key: str) -> int:
         have = self.owner.get(key)
         return have[0] if have is not None and self.gen[have[0]] == have[1] else -1

@@ -27,6 +27,8 @@ def client_config(settings: Settings, role: str, **extra: Any) -> dict[str, Any]
     # librdkafka's own log lines go through Python logging, in the same format as ours
     conf: dict[str, Any] = {"bootstrap.servers": settings.brokers, "client.id": f"freshrec-{role}",
                             "logger": logging.getLogger("freshrec.kafka.client")}
+    if settings.kafka_debug:
+        conf["debug"] = settings.kafka_debug
     if role == "producer":
         # murmur2 is the Java client's and aiokafka's (Faust's) partitioner: a user's events
         # land in the same partition whichever client produced them.
@@ -43,14 +45,14 @@ def client_config(settings: Settings, role: str, **extra: Any) -> dict[str, Any]
 
 
 def produce(producer: Any, topic: str, value: bytes | None, key: bytes | None, *, partition: int = -1,
-            on_delivery: Any = None) -> None:
+            on_delivery: Any = None, headers: list[tuple[str, bytes]] | None = None) -> None:
     """Queue one message, waiting while librdkafka's local queue is full (deliveries drain it);
     BrokerUnavailableError when the client refuses it for good."""
     from confluent_kafka import KafkaException
 
     while True:
         try:
-            producer.produce(topic, value, key, partition=partition, on_delivery=on_delivery)
+            producer.produce(topic, value, key, partition=partition, on_delivery=on_delivery, headers=headers)
             return
         except BufferError:
             producer.poll(0.05)

@@ -19,9 +19,10 @@ from typing import Any
 from model_core.config import FoldInConfig
 from model_core.errors import ConfigError
 
-__all__ = ["ON_ERROR", "Settings", "add_kafka_flags", "load_settings"]
+__all__ = ["ASSIGNMENTS", "ON_ERROR", "Settings", "add_kafka_flags", "load_settings"]
 
 ON_ERROR = ("stop", "dlq")
+ASSIGNMENTS = ("cooperative-sticky", "range", "roundrobin")
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,9 @@ class Settings:
     """torch/FAISS device: auto, cpu or cuda (FRESHREC_DEVICE)."""
     log_level: str = "INFO"
     """Python logging level (FRESHREC_LOG_LEVEL)."""
+    kafka_debug: str = ""
+    """librdkafka debug contexts for freshrec's Kafka clients, e.g. cgrp,fetch (empty = off); their
+    lines go to the log as freshrec.kafka.client (FRESHREC_KAFKA_DEBUG)."""
     progress: bool = True
     """Progress bars on long work when stderr is a terminal (FRESHREC_PROGRESS=0 hides them)."""
 
@@ -46,7 +50,16 @@ class Settings:
     replication: int = 1
     """Replication factor of topics freshrec creates (FRESHREC_REPLICATION)."""
     group: str = "freshrec-worker"
-    """Consumer group (Faust app id) of the workers (FRESHREC_GROUP)."""
+    """Consumer group of the workers (FRESHREC_GROUP)."""
+    assignment: str = "cooperative-sticky"
+    """Partition assignment of the workers' group: cooperative-sticky (a rebalance revokes only the
+    partitions that move, and a worker re-reads only the state of partitions new to it) or range
+    (eager: every rebalance revokes every partition) (FRESHREC_ASSIGNMENT)."""
+    offset_gaps: str = "stop"
+    """A message past the offset its partition's next message must have: stop (exit 70; nothing past
+    it is committed) or allow (for an events topic that other producers write with transactions,
+    whose commit markers take offsets). Events deleted by retention before they were read are
+    logged and counted either way (FRESHREC_OFFSET_GAPS)."""
 
     model_dir: str = "models"
     """Directory of model versions the worker serves; newer versions are picked up live (FRESHREC_MODEL_DIR)."""
@@ -77,14 +90,16 @@ class Settings:
     web_port: int = 6066
     """Port of the worker's HTTP endpoint (/metrics for Prometheus); 0 = no web server (FRESHREC_WEB_PORT)."""
     data_dir: str = ".freshrec"
-    """Worker-local state (Faust data dir) (FRESHREC_DATA_DIR)."""
+    """Worker-local files (the Faust app's data dir) (FRESHREC_DATA_DIR)."""
 
     on_error: str = "dlq"
-    """What a worker does when a batch still fails after its retries: stop (exit non-zero; the
+    """What a worker does when a batch's compute still fails after its retries: stop (exit 70; the
     orchestrator restarts it and the batch is consumed again) or dlq (dead-letter the batch's
-    events with the reason and go on) (FRESHREC_ON_ERROR)."""
+    events with the reason and go on; nothing of the batch was applied, and its erase commands
+    still are). A batch whose outputs cannot be flushed to the broker always stops the worker: part
+    of them may be out (FRESHREC_ON_ERROR)."""
     error_retries: int = 3
-    """Retries of a failed batch (compute or publish) before on_error applies (FRESHREC_ERROR_RETRIES)."""
+    """Retries of a failed batch step (compute or flush) before on_error applies (FRESHREC_ERROR_RETRIES)."""
     health_stall_s: float = 60.0
     """/health fails when events wait on this worker's partitions and no batch finished for this
     long, seconds (FRESHREC_HEALTH_STALL_S)."""
@@ -110,6 +125,10 @@ class Settings:
             host, _, port = hostport.strip().rpartition(":")
             if not host or not port.isdigit():
                 raise ConfigError(f"broker address {hostport!r} is not host:port (FRESHREC_BROKERS / --brokers)")
+        if self.assignment not in ASSIGNMENTS:
+            raise ConfigError(f"FRESHREC_ASSIGNMENT {self.assignment!r} must be one of {', '.join(ASSIGNMENTS)}")
+        if self.offset_gaps not in ("stop", "allow"):
+            raise ConfigError(f"FRESHREC_OFFSET_GAPS {self.offset_gaps!r} must be stop or allow")
         if self.on_error not in ON_ERROR:
             raise ConfigError(f"FRESHREC_ON_ERROR / --on-error {self.on_error!r} must be stop or dlq")
         if self.error_retries < 0:

@@ -19,7 +19,7 @@ class WorkerProcess:
         env = dict(os.environ, FRESHREC_DEVICE="cpu", **{
             f"FRESHREC_{name.upper()}": str(getattr(settings, name)) for name in (
                 "brokers", "profile", "topic_prefix", "partitions", "web_port", "group", "k", "model_poll_s",
-                "metrics_interval_s", "data_dir", "batch_within_s")})
+                "metrics_interval_s", "data_dir", "batch_within_s", "assignment", "kafka_debug")})
         self.log = log
         with open(log, "ab") as out:
             self.proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "worker", "--model", str(models)],
@@ -51,7 +51,9 @@ def fault_settings(bootstrap: str, tmp_path: Path, prefix: str) -> Settings:
 
     return load_settings(environ={}).with_(
         brokers=bootstrap, profile="embedded", topic_prefix=f"{prefix}{uuid.uuid4().hex[:8]}", partitions=2,
-        web_port=0, group=f"g{uuid.uuid4().hex[:8]}", k=5, metrics_interval_s=1.0, data_dir=str(tmp_path / "d"))
+        web_port=0, group=f"g{uuid.uuid4().hex[:8]}", k=5, metrics_interval_s=1.0, data_dir=str(tmp_path / "d"),
+        kafka_debug=os.environ.get("FRESHREC_TEST_KAFKA_DEBUG", ""),
+        assignment=os.environ.get("FRESHREC_TEST_ASSIGNMENT", "cooperative-sticky"))
 
 
 def small_model(tmp_path: Path) -> Path:

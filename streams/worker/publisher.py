@@ -1,17 +1,14 @@
 """The worker's output: one confluent-kafka (librdkafka) producer for lists, state and the DLQ.
 
-Faust's own producer costs tens of microseconds of Python per message; librdkafka
-queues a message in about a microsecond and batches in C. A batch's messages are
-queued with ``produce`` and made durable with ``flush`` (awaited, in a thread),
-which raises ``PublishError`` if any of them was not delivered: the caller
-retries the batch, and only a flushed batch's events are committed.
+librdkafka queues a message in about a microsecond and batches in C. A batch's
+messages are queued with ``produce`` and made durable with ``flush`` (on the
+consumer thread, before the batch's offsets are committed), which raises
+``PublishError`` if any of them was not delivered.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from streams.errors import BrokerUnavailableError
@@ -24,7 +21,7 @@ log = logging.getLogger("freshrec.publisher")
 
 
 class PublishError(BrokerUnavailableError):
-    """Messages of a batch were not delivered (the batch is retried, then on_error applies)."""
+    """Messages of a batch were not delivered (the flush is retried, then the worker stops)."""
 
 
 class Publisher:
@@ -35,7 +32,6 @@ class Publisher:
 
         # no linger: the batch is flushed right after it is queued, so waiting buys nothing
         self._producer = Producer(client_config(settings, "producer", **{"linger.ms": 0}))
-        self._thread = ThreadPoolExecutor(1, "freshrec-publish")
         self._timeout = flush_timeout_s
         self._failures: list[str] = []
 
@@ -43,22 +39,19 @@ class Publisher:
         if err is not None:
             self._failures.append(f"{msg.topic()}[{msg.partition()}]: {err.str()}")
 
-    def produce(self, topic: str, key: bytes | None, value: bytes | None, partition: int = -1) -> None:
-        produce(self._producer, topic, value, key, partition=partition, on_delivery=self._delivered)
+    def produce(self, topic: str, key: bytes | None, value: bytes | None, partition: int = -1,
+                headers: list[tuple[str, bytes]] | None = None) -> None:
+        produce(self._producer, topic, value, key, partition=partition, on_delivery=self._delivered,
+                headers=headers)
 
-    def _flush(self) -> list[str]:
+    def flush(self) -> None:
+        """Wait until everything queued is on the broker; PublishError if anything failed."""
         left = self._producer.flush(self._timeout)
         failures, self._failures = self._failures, []
         if left:
             failures.append(f"{left} messages still undelivered after {self._timeout:.0f}s")
-        return failures
-
-    async def flush(self) -> None:
-        """Wait until everything queued is on the broker; PublishError if anything failed."""
-        failures = await asyncio.get_running_loop().run_in_executor(self._thread, self._flush)
         if failures:
             raise PublishError(f"{len(failures)} messages not delivered, e.g. {failures[0]}")
 
     def close(self) -> None:
         self._producer.flush(5)
-        self._thread.shutdown(wait=False)

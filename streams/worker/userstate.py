@@ -2,16 +2,25 @@
 
 The changelog (``Settings.state_topic``, compacted, as many partitions as the
 events topic) holds one record per user: key = user id, value =
-``UserHistory.encode()`` (a null value erases the user). A user's state lives
-in the partition its events arrive on, so a worker that is assigned events
-partition p owns changelog partition p.
+``UserHistory.encode()``. A user's state lives in the partition its events
+arrive on, so a worker that is assigned events partition p owns changelog
+partition p.
 
 Recovery reads a changelog partition from its start up to a marker record the
 worker writes itself just before, so it never depends on the broker's end
-offsets (the embedded broker under-reports them, which is what made Faust's
-own table recovery stop early). A partition is dropped from memory when it is
-revoked and read again in full when it comes back, so a worker never serves
-state that another worker changed in between.
+offsets (the embedded broker under-reports them). The marker's offset is the
+new owner's **epoch**: every state record a worker writes carries its epoch in
+the ``freshrec-epoch`` header, and recovery keeps, for each user, the record of
+the highest epoch (the newest among equal ones). A worker that the group
+expelled but that still runs (paused past its session, a zombie) writes with
+its old epoch, so its late writes can never roll a user back; where one landed
+after the owner's record, recovery writes the owner's record again, so that
+compaction keeps the right one.
+
+An erased user's record is first an empty history that keeps the position of
+the erase command (so the user's earlier events, read again after a crash
+before the commit, are skipped as applied), and becomes a tombstone once the
+erase's offset is committed.
 """
 
 from __future__ import annotations
@@ -20,24 +29,39 @@ import logging
 import time
 import uuid
 from collections.abc import Collection, Iterable
+from typing import Any
 
 from model_core.state import UserHistory
 from streams.errors import BrokerUnavailableError
 from streams.kafka import client_config, is_error
 from streams.settings import Settings
 
-__all__ = ["MARKER_KEY", "UserStateStore"]
+__all__ = ["EPOCH_HEADER", "MARKER_KEY", "UserStateStore"]
 
 log = logging.getLogger("freshrec.state")
 
 MARKER_KEY = b"\x00freshrec-recovery-marker"
 """Key of the records that end a recovery read (never a user id: user ids are valid text)."""
 
+EPOCH_HEADER = "freshrec-epoch"
+"""Header of every state record: the writer's epoch (the offset of its recovery marker)."""
+
+
+def _epoch_of(headers: Any) -> int:
+    for name, value in headers or ():
+        if name == EPOCH_HEADER:
+            try:
+                return int(value)
+            except (TypeError, ValueError):
+                return -1
+    return -1  # written before epochs existed
+
 
 class UserStateStore:
-    """User id -> encoded ``UserHistory`` for each loaded partition.
+    """User id -> encoded ``UserHistory`` for each owned partition, and the owner's epoch of each.
 
-    ``load`` blocks (run it off the event loop); the rest is in-memory and cheap.
+    ``recover`` blocks (the consumer thread calls it from its assignment callback,
+    between batches); the rest is in-memory and cheap.
     """
 
     def __init__(self, settings: Settings, timeout_s: float = 300.0) -> None:
@@ -45,7 +69,10 @@ class UserStateStore:
         self.topic = settings.state_topic
         self.timeout_s = timeout_s
         self._parts: dict[int, dict[str, bytes]] = {}
-        self._generation: dict[int, int] = {}  # bumped when a partition is dropped
+        self._epoch: dict[int, int] = {}
+        self._headers: dict[int, list[tuple[str, bytes]]] = {}
+        self._parked: dict[int, tuple[dict[str, bytes], int]] = {}
+        self.recoveries = 0  # partitions read from the changelog (not kept across a rebalance)
 
     def loaded(self, partition: int) -> bool:
         return partition in self._parts
@@ -56,6 +83,13 @@ class UserStateStore:
 
     def users(self, partition: int) -> int:
         return len(self._parts.get(partition, ()))
+
+    def epoch(self, partition: int) -> int:
+        return self._epoch[partition]
+
+    def headers(self, partition: int) -> list[tuple[str, bytes]]:
+        """The headers of a state record this worker writes to ``partition`` (its epoch)."""
+        return self._headers[partition]
 
     def get(self, partition: int, user_id: str) -> UserHistory:
         """A fresh copy of the user's state (a new, empty history for an unknown user)."""
@@ -68,49 +102,75 @@ class UserStateStore:
     def delete(self, partition: int, user_id: str) -> None:
         self._parts[partition].pop(user_id, None)
 
+    def park(self, partitions: Iterable[int]) -> None:
+        """Revoked in an eager rebalance: set aside, and kept only if the very next assignment
+        gives them back (then nobody else can have owned them in between)."""
+        for p in partitions:
+            if p in self._parts:
+                self._parked[p] = (self._parts.pop(p), self._epoch.pop(p))
+                self._headers.pop(p, None)
+
     def drop(self, partitions: Iterable[int]) -> None:
-        """Forget partitions (revoked): they are read again in full if they come back."""
+        """Forget partitions (lost, or revoked for good): they are read in full if they come back."""
         for p in partitions:
             self._parts.pop(p, None)
-            self._generation[p] = self._generation.get(p, 0) + 1
+            self._epoch.pop(p, None)
+            self._headers.pop(p, None)
+            self._parked.pop(p, None)
 
-    def generations(self, partitions: Iterable[int]) -> dict[int, int]:
-        """Pass to ``install`` what this returned before ``load`` started."""
-        return {p: self._generation.get(p, 0) for p in partitions}
+    def recover(self, partitions: Collection[int]) -> None:
+        """Make every partition loaded: parked ones come back as they were, the rest are read from
+        the changelog (blocking). Parked partitions not asked for are dropped."""
+        want = set(partitions)
+        for p in list(self._parked):
+            users, epoch = self._parked.pop(p)
+            if p in want and p not in self._parts:
+                self._install(p, users, epoch)
+        todo = sorted(p for p in want if p not in self._parts)
+        if todo:
+            for p, (users, epoch) in self.load(todo).items():
+                self._install(p, users, epoch)
+            self.recoveries += len(todo)
 
-    def install(self, loaded: dict[int, dict[str, bytes]], generations: dict[int, int]) -> None:
-        """Install what ``load`` read, except partitions dropped since (their read may be stale)."""
-        for p, users in loaded.items():
-            if p not in self._parts and self._generation.get(p, 0) == generations.get(p):
-                self._parts[p] = users
+    def _install(self, p: int, users: dict[str, bytes], epoch: int) -> None:
+        self._parts[p] = users
+        self._epoch[p] = epoch
+        self._headers[p] = [(EPOCH_HEADER, str(epoch).encode())]
 
-    def load(self, partitions: Collection[int]) -> dict[int, dict[str, bytes]]:
-        """Read the changelog partitions in full (blocking).
+    def load(self, partitions: Collection[int]) -> dict[int, tuple[dict[str, bytes], int]]:
+        """Read changelog partitions in full (blocking): partition -> (user -> value, new epoch).
 
-        Writes a marker with a fresh nonce to each partition, then reads from the
-        start until every partition's marker came back: everything written before
-        it is in the result. Records after the marker are ignored (only a worker
-        that lost the partition could still write there, and the events it was
-        working on are delivered again to the new owner).
+        Writes a marker with a fresh nonce to each partition (its offset is this owner's new
+        epoch), then reads from the start until every partition's marker came back. For each
+        user the record of the highest epoch wins; where a lower-epoch record (a zombie's) came
+        after it, the winner is written again under the new epoch. Records after the marker are
+        ignored: only a worker that lost the partition could still write there.
         """
         from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
-        parts = sorted(p for p in set(partitions) if not self.loaded(p))
+        parts = sorted(set(partitions))
         if not parts:
             return {}
         started = time.monotonic()
         nonce = uuid.uuid4().hex.encode()
+        epochs: dict[int, int] = {}
+
+        def delivered(err: object, msg: object) -> None:
+            if err is None:
+                epochs[msg.partition()] = msg.offset()  # type: ignore[attr-defined]
+
         # not idempotent: a repeated marker is harmless, and a new idempotent producer waits
         # ~0.5 s for its producer id (librdkafka retries the request on a 500 ms timer)
         producer = Producer(client_config(self.settings, "producer", **{"enable.idempotence": False}))
         for p in parts:
-            producer.produce(self.topic, key=MARKER_KEY, value=nonce, partition=p)
-        if producer.flush(self.timeout_s) != 0:
+            producer.produce(self.topic, key=MARKER_KEY, value=nonce, partition=p, on_delivery=delivered)
+        if producer.flush(self.timeout_s) != 0 or len(epochs) < len(parts):
             raise BrokerUnavailableError(f"cannot write to {self.topic} to recover partitions {parts}")
         consumer = Consumer(client_config(self.settings, "consumer", **{
             "group.id": f"freshrec-state-{uuid.uuid4().hex[:12]}", "enable.auto.commit": False,
             "enable.partition.eof": False}))
-        out: dict[int, dict[str, bytes]] = {p: {} for p in parts}
+        best: dict[int, dict[str, tuple[int, bytes | None]]] = {p: {} for p in parts}
+        last: dict[int, dict[str, int]] = {p: {} for p in parts}
         pending = set(parts)
         records = 0
         next_note = started + 10.0
@@ -143,13 +203,28 @@ class UserStateStore:
                         continue
                     records += 1
                     user = key.decode("utf-8", "replace")
-                    value = msg.value()
-                    if value is None:
-                        out[part].pop(user, None)
-                    else:
-                        out[part][user] = value
+                    epoch = _epoch_of(msg.headers())
+                    last[part][user] = epoch
+                    have = best[part].get(user)
+                    if have is None or epoch >= have[0]:
+                        best[part][user] = (epoch, msg.value())
         finally:
             consumer.close()
-        log.info("recovered user state of partitions %s: %d users from %d records in %.2fs", parts,
-                 sum(len(u) for u in out.values()), records, time.monotonic() - started)
+        out: dict[int, tuple[dict[str, bytes], int]] = {}
+        repaired = 0
+        for p in parts:
+            header = [(EPOCH_HEADER, str(epochs[p]).encode())]
+            for user, (epoch, value) in best[p].items():
+                if last[p][user] < epoch:  # a zombie's write landed after the winner: write it again
+                    producer.produce(self.topic, key=user.encode(), value=value, partition=p,
+                                     headers=header)  # type: ignore[arg-type]
+                    repaired += 1
+            out[p] = ({u: v for u, (_, v) in best[p].items() if v is not None}, epochs[p])
+        if repaired:
+            if producer.flush(self.timeout_s) != 0:
+                raise BrokerUnavailableError(f"cannot write to {self.topic} to repair partitions {parts}")
+            log.warning("recovery of %s %s: %d users had a stale (zombie) record after their newest one; "
+                        "rewrote the newest", self.topic, parts, repaired)
+        log.info("recovered user state of partitions %s: %d users from %d records in %.2fs (epochs %s)", parts,
+                 sum(len(u) for u, _ in out.values()), records, time.monotonic() - started, epochs)
         return out

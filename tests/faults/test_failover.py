@@ -71,7 +71,7 @@ def test_surviving_worker_takes_over_with_the_state(
     settings, models = _settings(broker, tmp_path), _model(tmp_path)
     a = start_worker(settings, models, "a")
     b = start_worker(settings, models, "b")
-    a.wait_for_log("Setting newly assigned partitions", count=2)  # rebalanced to share the partitions
+    b.wait_for_log("starts at offset", timeout=90)  # rebalanced to share the partitions
     _send(settings, 0, 2)
     assert _applied(settings, 2) == dict.fromkeys(USERS, 2)
     time.sleep(4)

@@ -1,0 +1,289 @@
+"""One micro-batch of the events topic: decode -> apply -> compute -> publish -> learn.
+
+``BatchProcessor.process`` runs on the consumer thread (``streams.worker.consumer``),
+which commits the batch's offsets only after it returned. Each step reads on its own:
+
+1. ``decode``: every message is decoded and validated (``decode_message`` raises
+   nothing but BadInputError); a bad one is dead-lettered with the reason and the
+   batch goes on;
+2. ``apply``: each user's ``UserHistory`` (``UserStateStore``) takes the events; a
+   message at or before the user's last applied offset is a re-delivery and changes
+   nothing (exactly-once effect, with or without ids); an erase command forgets the
+   user, and the model forgets what it keeps under the user's id;
+3. ``compute`` (compute thread, retried): the touched users' new lists, learning
+   nothing yet, so a retry changes nothing. If it still fails, the batch's events
+   are dead-lettered (``on_error=dlq``: nothing of them was applied, so replaying the
+   DLQ applies them once; erase commands are still applied) or the worker stops
+   (``on_error=stop``);
+4. ``publish``: one list per touched user, the users' state (with the owner's epoch,
+   see ``streams.worker.userstate``), dead letters, flushed (retried). A flush that
+   still fails stops the worker: part of the batch may be out, and the batch is read
+   again after the restart, its effect applied once;
+5. ``learn`` (compute thread, once, not awaited): the batch's global side (the
+   ranker's examples, trending, item graphs, new items) runs while the consumer
+   takes the next batch; the compute thread runs it before the next batch's compute.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, NoReturn, TypeVar
+
+from model_core.errors import BadInputError
+from model_core.events import Event
+from model_core.online import OnlineRecommender, Step
+from model_core.state import UserHistory
+from streams.codec import (
+    EraseCommand,
+    EventLimits,
+    Recommendation,
+    decode_message,
+    dlq_record,
+    encode_recommendation,
+)
+from streams.settings import Settings
+from streams.worker.health import Health
+from streams.worker.metrics import Metrics
+from streams.worker.model import ServedModel
+from streams.worker.publisher import Publisher
+from streams.worker.userstate import UserStateStore
+
+__all__ = ["EXIT_FATAL", "BatchProcessor", "fatal"]
+
+DLQ_KEY_BYTES = 1024
+"""Longest key a dead-letter record keeps (the record says where the original is)."""
+
+EXIT_FATAL = 70  # the worker stopped itself on an error it cannot contain (restart it)
+
+log = logging.getLogger("freshrec.worker")
+
+T = TypeVar("T")
+
+
+def fatal(reason: str) -> NoReturn:
+    """End the process with EXIT_FATAL: the orchestrator restarts it, and no event is lost
+    (nothing unapplied was committed). Never leave a live process that consumes nothing."""
+    log.critical("stopping the worker (exit %d): %s", EXIT_FATAL, reason)
+    logging.shutdown()
+    os._exit(EXIT_FATAL)
+
+
+def broker_time(msg: Any) -> float:
+    """A message's broker timestamp in Unix seconds (now when it has none)."""
+    kind, ms = msg.timestamp()
+    return ms / 1000.0 if kind and ms > 0 else time.time()
+
+
+class BatchFailedError(Exception):
+    """A batch step still failed after its retries."""
+
+
+@dataclass
+class Applied:
+    """What ``apply`` made of a batch's valid messages."""
+
+    touched: dict[str, UserHistory] = field(default_factory=dict)  # users with new events, state after them
+    partition_of: dict[str, int] = field(default_factory=dict)
+    erased: dict[str, tuple[int, int]] = field(default_factory=dict)  # user -> (partition, offset of the erase)
+    events: list[Event] = field(default_factory=list)  # the events applied, in order
+    arrived: dict[str, float] = field(default_factory=dict)  # user -> broker time of the newest event applied
+    arrivals: list[float] = field(default_factory=list)  # broker time of every event applied
+
+
+class BatchProcessor:
+    """Decode, apply, compute, publish and learn one batch (the consumer thread calls ``process``)."""
+
+    def __init__(self, settings: Settings, model: ServedModel, store: UserStateStore, out: Publisher,
+                 health: Health) -> None:
+        self.settings, self.model, self.store, self.out, self.health = settings, model, store, out, health
+        self.metrics: Metrics = model.metrics
+        self.limits = EventLimits.of(settings)
+
+    def process(self, messages: list[Any]) -> Callable[[], None] | None:
+        """One batch; returns what to do once its offsets are committed (synchronously), if anything."""
+        self.metrics.inc("events_in", len(messages))
+        self.metrics.batch(len(messages))
+        valid, dead = self.decode(messages)
+        work = self.apply(valid)
+        rec, plan = self.model.rec, None
+        if work.erased:
+            self._on_compute(self.model.forget, list(work.erased))
+        if work.touched:
+            try:
+                rec, plan = self.compute(work)
+            except BatchFailedError as exc:
+                self.dead_letter(valid, dead, work, exc)
+                return self._after_erase(work)
+        assert rec is not None
+        self.publish(work, rec, plan.lists if plan else [], dead)
+        if plan is not None:
+            self.learn(rec, plan)
+        self.account(work, rec)
+        self.health.progress()
+        return self._after_erase(work)
+
+    # -- the steps --------------------------------------------------------------------------------
+
+    def decode(self, messages: list[Any]) -> tuple[list[tuple[Event | EraseCommand, Any]], list[tuple[Any, str]]]:
+        """Valid (command, message) pairs and dead (message, reason) pairs."""
+        valid: list[tuple[Event | EraseCommand, Any]] = []
+        dead: list[tuple[Any, str]] = []
+        for msg in messages:
+            try:
+                valid.append((decode_message(msg.value(), msg.key(), broker_time(msg), self.limits), msg))
+            except BadInputError as exc:
+                dead.append((msg, str(exc)))
+                log.warning("DLQ %s[%d]@%d: %s", msg.topic(), msg.partition(), msg.offset(), exc)
+        return valid, dead
+
+    def apply(self, valid: list[tuple[Event | EraseCommand, Any]]) -> Applied:
+        """Apply the batch to copies of its users' state (the store changes only in ``account``)."""
+        assert self.model.rec is not None
+        served, store, work = self.model.rec, self.store, Applied()
+        for cmd, msg in valid:
+            p, offset, user = msg.partition(), msg.offset(), cmd.user_id
+            h = work.touched.get(user)
+            if h is None:
+                h = UserHistory(user, position=work.erased[user]) if user in work.erased else store.get(p, user)
+            if isinstance(cmd, EraseCommand):
+                if h.seen((p, offset)):
+                    continue
+                work.touched.pop(user, None)
+                work.partition_of.pop(user, None)
+                work.erased[user] = (p, offset)
+                continue
+            if served.apply(h, cmd, (p, offset)):
+                t = broker_time(msg)
+                work.touched[user] = h
+                work.partition_of[user] = p
+                work.events.append(cmd)
+                work.arrivals.append(t)
+                work.arrived[user] = t
+            else:
+                self.metrics.inc("events_duplicate")
+        return work
+
+    def compute(self, work: Applied) -> tuple[OnlineRecommender, Step]:
+        """The touched users' lists on the compute thread (retried; learns nothing)."""
+        started = time.perf_counter()
+        result = self._retried("compute", lambda: self._on_compute(self.model.plan, work.events, work.touched))
+        self.metrics.stage("compute", time.perf_counter() - started)
+        return result
+
+    def publish(self, work: Applied, rec: OnlineRecommender, lists: list[list[tuple[str, float]]],
+                dead: list[tuple[Any, str]]) -> None:
+        """Lists, state and dead letters, flushed (retried; still failing stops the worker)."""
+        if not (work.touched or work.erased or dead):
+            return
+        s, out, store = self.settings, self.out, self.store
+        now = time.time()
+        started = time.perf_counter()
+
+        def send() -> None:
+            self.to_dlq(dead)
+            # erasures first: a user erased and then active again in this batch ends with the new state
+            for user, (p, offset) in work.erased.items():
+                out.produce(s.recommendations_topic, user.encode(), None, p)
+                out.produce(s.state_topic, user.encode(), UserHistory(user, position=(p, offset)).encode(), p,
+                            store.headers(p))
+            for (user, h), items in zip(work.touched.items(), lists):
+                p = work.partition_of[user]
+                rec_out = Recommendation(user, items, rec.model_version, rec.index_version, h.events_applied,
+                                         h.last_event_id, h.last_event_time, now, work.arrived[user])
+                out.produce(s.recommendations_topic, user.encode(), encode_recommendation(rec_out), p)
+                out.produce(s.state_topic, user.encode(), h.encode(), p, store.headers(p))
+            out.flush()  # state, lists and dead letters are on the broker before the events are committed
+
+        try:
+            self._retried("publish", send)
+        except BatchFailedError as exc:
+            raise BatchFailedError(f"{exc}: stopping, part of the batch may be out; it is read again after "
+                                   "the restart and its effect applied once") from exc
+        self.metrics.stage("publish", time.perf_counter() - started)
+        self.metrics.latencies([(now - t) * 1000.0 for t in work.arrivals])
+
+    def learn(self, rec: OnlineRecommender, plan: Step) -> None:
+        """The batch's global learning, once, on the compute thread (not awaited: it overlaps
+        the next batch's intake and runs before that batch's compute)."""
+        done = self.model.executor.submit(self.model.learn, rec, plan)
+
+        def report(fut: Any) -> None:
+            if fut.exception() is not None:
+                self.metrics.inc("learn_errors")
+                log.error("learning a batch failed (its lists were published; the model did not learn "
+                          "it): %r", fut.exception())
+
+        done.add_done_callback(report)
+
+    def account(self, work: Applied, rec: OnlineRecommender) -> None:
+        """The batch is out: the store takes its state, and the metrics its counts."""
+        store, metrics = self.store, self.metrics
+        for user, (p, offset) in work.erased.items():
+            store.put(p, user, UserHistory(user, position=(p, offset)).encode())
+            log.info("erased user %r (partition %d)", user, p)
+        for user, h in work.touched.items():
+            store.put(work.partition_of[user], user, h.encode())
+        metrics.inc("events_applied", len(work.events))
+        metrics.inc("lists_out", len(work.touched))
+        metrics.inc("users_erased", len(work.erased))
+        metrics.index_version = rec.index_version
+
+    def dead_letter(self, valid: list[tuple[Event | EraseCommand, Any]], dead: list[tuple[Any, str]],
+                    work: Applied, exc: BatchFailedError) -> None:
+        """A batch whose compute failed: its events go to the DLQ with the reason, its erasures still
+        apply, and nothing else of it changes any state (``on_error=stop``: the worker stops)."""
+        if self.settings.on_error == "stop":
+            fatal(f"{exc} (FRESHREC_ON_ERROR=stop)")
+        events = [(msg, f"batch failed: {exc}") for cmd, msg in valid if not isinstance(cmd, EraseCommand)]
+        self.metrics.inc("batches_failed")
+        log.error("dead-lettering a batch of %d events (its erase commands are still applied): %s",
+                  len(events), exc)
+        self.publish(Applied(erased=work.erased), self.model.rec, [], events + dead)  # type: ignore[arg-type]
+        self.account(Applied(erased=work.erased), self.model.rec)  # type: ignore[arg-type]
+
+    def to_dlq(self, dead: list[tuple[Any, str]]) -> None:
+        """Queue dead-letter records (delivered with the batch's flush)."""
+        for msg, reason in dead:
+            key = msg.key()
+            key = key[:DLQ_KEY_BYTES] if key else key  # a hostile key must not sink the record
+            self.out.produce(self.settings.dlq_topic, key, dlq_record(
+                msg.value(), reason, topic=msg.topic(), partition=msg.partition(), offset=msg.offset()))
+        self.metrics.inc("dlq", len(dead))
+
+    # -- helpers ----------------------------------------------------------------------------------
+
+    def _after_erase(self, work: Applied) -> Callable[[], None] | None:
+        """Once the erase commands' offsets are committed, the users' state records become tombstones."""
+        if not work.erased:
+            return None
+        erased = {u: p for u, (p, _) in work.erased.items() if u not in work.touched}
+
+        def tombstones() -> None:
+            for user, p in erased.items():
+                if self.store.loaded(p):
+                    self.out.produce(self.settings.state_topic, user.encode(), None, p, self.store.headers(p))
+                    self.store.delete(p, user)
+
+        return tombstones
+
+    def _on_compute(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run on the compute thread and wait (the consumer thread has nothing else to do)."""
+        return self.model.executor.submit(fn, *args).result()
+
+    def _retried(self, what: str, step: Callable[[], T]) -> T:
+        """``step()`` with up to ``error_retries`` retries; BatchFailedError after that."""
+        retries = self.settings.error_retries
+        for attempt in range(retries + 1):
+            try:
+                return step()
+            except Exception as exc:
+                if attempt == retries:
+                    raise BatchFailedError(f"{what} failed {attempt + 1} times: {exc!r}") from exc
+                self.metrics.inc("retries")
+                log.warning("%s failed (attempt %d of %d), retrying: %r", what, attempt + 1, retries + 1, exc)
+                time.sleep(min(0.2 * 2**attempt, 5.0))
+        raise AssertionError("unreachable")

@@ -1,0 +1,114 @@
+"""The served model of one worker: loading, hot swaps, and the one compute thread it runs on.
+
+Every change to the model (a batch's learning, a catalog update, a swap to a newer
+version, an erase) runs on the compute thread (``executor``), so none of them can
+land in the middle of another, and none runs on the event loop.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from model_core.als import ALSModel, latest_model_dir
+from model_core.config import FoldInConfig
+from model_core.errors import ModelIncompatibleError
+from model_core.events import Event
+from model_core.index import IndexConfig
+from model_core.online import OnlineRecommender, Step
+from model_core.state import UserHistory
+from streams.settings import Settings
+from streams.worker.metrics import Metrics
+
+__all__ = ["ServedModel"]
+
+log = logging.getLogger("freshrec.worker")
+
+
+@dataclass
+class ServedModel:
+    """The model a worker serves, its swaps, and the compute thread."""
+
+    settings: Settings
+    model_root: Path
+    foldin: FoldInConfig = field(default_factory=FoldInConfig)
+    metrics: Metrics = field(default_factory=Metrics)
+    rec: OnlineRecommender | None = None
+    bad_versions: set[str] = field(default_factory=set)
+    executor: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(1, "freshrec-compute"))
+
+    def load_initial(self) -> None:
+        model = ALSModel.load(self.model_root)
+        self.rec = self._serve(model)
+        self._note_versions()
+        log.info("serving model %s (%d items, k=%d) on %s from %s", model.version, len(model.item_ids),
+                 model.config.factors, self.rec.device, latest_model_dir(self.model_root))
+
+    def _check_serving(self, model: ALSModel) -> None:
+        serving = {"foldin": self.foldin.to_dict(), "index": self.settings.index}
+        trained = model.metadata.get("serving")
+        log.info("model %s: fold-in %s, index %s", model.version, serving["foldin"], serving["index"])
+        if trained is not None and trained != serving:
+            log.warning("model %s was trained with serving settings %s; serving it with %s", model.version,
+                        trained, serving)
+
+    def _serve(self, model: ALSModel) -> OnlineRecommender:
+        self._check_serving(model)
+        return OnlineRecommender(model, self.foldin, IndexConfig(kind=self.settings.index),  # type: ignore[arg-type]
+                                 device=self.settings.device)
+
+    def _note_versions(self) -> None:
+        assert self.rec is not None
+        self.metrics.model_version = self.rec.model_version
+        self.metrics.index_version = self.rec.index_version
+
+    def newer_version(self) -> Path | None:
+        """The newest model directory if it is newer than the served one (and not known bad)."""
+        try:
+            path = latest_model_dir(self.model_root)
+        except ModelIncompatibleError:
+            return None
+        assert self.rec is not None
+        if path.name == self.rec.model_version or path.name in self.bad_versions:
+            return None
+        return path if path.name > self.rec.model_version else None
+
+    def swap_to(self, path: Path) -> tuple[OnlineRecommender, OnlineRecommender]:
+        """Load, index and install a model version; returns (old, new). Compute thread only."""
+        old = self.rec
+        assert old is not None
+        model = ALSModel.load(path)
+        self._check_serving(model)
+        fresh = old.successor(model, device=self.settings.device)  # what the stream taught carries over
+        self.rec = fresh
+        self._note_versions()
+        return old, fresh
+
+    def plan(self, events: list[Event], histories: dict[str, UserHistory]) -> tuple[OnlineRecommender, Step]:
+        """A batch's lists for its users, learning nothing yet (compute thread; safe to retry).
+
+        Returns the model that made them, so the lists name the right versions even if a
+        newer model is swapped in before they are published.
+        """
+        rec = self.rec
+        assert rec is not None
+        return rec, rec.plan_step(events, histories, self.settings.k)
+
+    def learn(self, rec: OnlineRecommender, plan: Step) -> None:
+        """Learn a planned batch once (compute thread)."""
+        rec.learn_step(plan)
+
+    def forget(self, users: Iterable[str]) -> None:
+        """Erase: drop what the model keeps under these users' ids (compute thread)."""
+        assert self.rec is not None
+        self.rec.forget_users(users)
+
+    def catalog(self, item: str, available: bool, category: str | None) -> None:
+        """Catalog update (compute thread, so never during a batch's search)."""
+        assert self.rec is not None
+        self.rec.set_available([item], available)
+        if category is not None:
+            self.rec.set_category([item], [category])
