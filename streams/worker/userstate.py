@@ -18,20 +18,15 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 from collections.abc import Collection, Iterable
 
 from model_core.state import UserHistory
-from streams.errors import BrokerUnavailableError
-from streams.kafka import client_config, is_error
+from streams.reader import MARKER_KEY, TopicReader
 from streams.settings import Settings
 
 __all__ = ["MARKER_KEY", "UserStateStore"]
 
 log = logging.getLogger("freshrec.state")
-
-MARKER_KEY = b"\x00freshrec-recovery-marker"
-"""Key of the records that end a recovery read (never a user id: user ids are valid text)."""
 
 
 class UserStateStore:
@@ -93,63 +88,25 @@ class UserStateStore:
         that lost the partition could still write there, and the events it was
         working on are delivered again to the new owner).
         """
-        from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
-
         parts = sorted(p for p in set(partitions) if not self.loaded(p))
         if not parts:
             return {}
         started = time.monotonic()
-        nonce = uuid.uuid4().hex.encode()
-        # not idempotent: a repeated marker is harmless, and a new idempotent producer waits
-        # ~0.5 s for its producer id (librdkafka retries the request on a 500 ms timer)
-        producer = Producer(client_config(self.settings, "producer", **{"enable.idempotence": False}))
-        for p in parts:
-            producer.produce(self.topic, key=MARKER_KEY, value=nonce, partition=p)
-        if producer.flush(self.timeout_s) != 0:
-            raise BrokerUnavailableError(f"cannot write to {self.topic} to recover partitions {parts}")
-        consumer = Consumer(client_config(self.settings, "consumer", **{
-            "group.id": f"freshrec-state-{uuid.uuid4().hex[:12]}", "enable.auto.commit": False,
-            "enable.partition.eof": False}))
         out: dict[int, dict[str, bytes]] = {p: {} for p in parts}
-        pending = set(parts)
         records = 0
-        next_note = started + 10.0
-        try:
-            # metadata first: assigned before the partition leaders are known, librdkafka waits a
-            # fixed 500 ms before it looks up the start offsets
-            consumer.list_topics(self.topic, timeout=self.timeout_s)
-            consumer.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in parts])
-            while pending:
-                now = time.monotonic()
-                if now - started > self.timeout_s:
-                    raise BrokerUnavailableError(
-                        f"recovering {self.topic} partitions {sorted(pending)} took over {self.timeout_s:.0f}s")
-                if now > next_note:
-                    log.info("recovering user state: %d records read, partitions %s to go", records,
-                             sorted(pending))
-                    next_note = now + 10.0
-                for msg in consumer.consume(10_000, timeout=0.05):
-                    if is_error(msg, self.topic):
-                        continue
-                    part = msg.partition()
-                    if part not in pending:
-                        continue
-                    key = msg.key()
-                    if key == MARKER_KEY:
-                        if msg.value() == nonce:
-                            pending.discard(part)
-                        continue
-                    if key is None:
+        with TopicReader(self.settings, self.topic, partitions=parts, until="marker", timeout_s=self.timeout_s,
+                         connect_timeout_s=self.timeout_s, batch=10_000, poll_s=0.05,
+                         name="recovering user state") as reader:
+            for batch in reader.batches():
+                for r in batch:
+                    if r.key is None:
                         continue
                     records += 1
-                    user = key.decode("utf-8", "replace")
-                    value = msg.value()
-                    if value is None:
-                        out[part].pop(user, None)
+                    user = r.key.decode("utf-8", "replace")
+                    if r.value is None:
+                        out[r.partition].pop(user, None)
                     else:
-                        out[part][user] = value
-        finally:
-            consumer.close()
+                        out[r.partition][user] = r.value
         log.info("recovered user state of partitions %s: %d users from %d records in %.2fs", parts,
                  sum(len(u) for u in out.values()), records, time.monotonic() - started)
         return out
