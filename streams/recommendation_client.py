@@ -19,13 +19,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import uuid
+from collections import deque
 from collections.abc import Callable, Collection, Iterator
 from types import TracebackType
 
 from streams.codec import Recommendation, decode_recommendation
 from streams.errors import BrokerUnavailableError
-from streams.kafka import client_config, ensure_topics
+from streams.kafka import ensure_topics
+from streams.reader import Record, TopicReader
 from streams.settings import Settings
 
 __all__ = ["RecommendationClient", "format_recommendation"]
@@ -51,8 +52,6 @@ class RecommendationClient:
         users: Collection[str] | None = None,
         connect_timeout: float = 10.0,
     ) -> None:
-        from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, TopicPartition
-
         self.settings = settings
         self.topic = settings.recommendations_topic
         self.users = frozenset(users) if users else None
@@ -66,77 +65,57 @@ class RecommendationClient:
         self.skipped = 0
         self.last_message_at: float | None = None
         self._since = time.time() - 0.5 if not from_beginning and settings.profile == "embedded" else None
+        self._closed = True
         ensure_topics(settings, timeout=connect_timeout)  # BrokerUnavailableError if none answers
-        conf = client_config(
-            settings, "consumer",
-            **{"group.id": group or f"freshrec-tail-{uuid.uuid4().hex[:12]}",
-               "auto.offset.reset": "earliest" if from_beginning else "latest"},
-        )
-        if group is None:
-            conf["enable.auto.commit"] = False
-        self._consumer = Consumer(conf)
+        self._reader = TopicReader(settings, self.topic, group=group, start="beginning" if from_beginning else "end",
+                                   until="follow", connect_timeout_s=connect_timeout, name="tail")
+        self._buffer: deque[Record] = deque()
         self._closed = False
-        try:
-            if group is None:
-                md = self._consumer.list_topics(self.topic, timeout=connect_timeout)
-                parts = sorted(md.topics[self.topic].partitions)
-                start = OFFSET_BEGINNING if from_beginning else OFFSET_END
-                self._consumer.assign([TopicPartition(self.topic, p, start) for p in parts])
-            else:
-                self._consumer.subscribe([self.topic])
-        except Exception as exc:
-            self.close()
-            if isinstance(exc, BrokerUnavailableError):
-                raise
-            raise BrokerUnavailableError(f"cannot read {self.topic} at {settings.brokers}: {exc}") from None
 
     # ------------------------------------------------------------------ reading
 
     def _poll_raw(self, timeout: float) -> tuple[Recommendation, bytes] | None:
         """The next list (and its raw value) within ``timeout`` seconds, or None."""
-        from confluent_kafka import KafkaError
-
         if self._closed:
             raise BrokerUnavailableError("the recommendation client is closed")
         deadline = time.monotonic() + max(0.0, timeout)
         while True:
-            msg = self._consumer.poll(max(0.0, deadline - time.monotonic()))
-            if msg is None:
+            while self._buffer:
+                got = self._take(self._buffer.popleft())
+                if got is not None:
+                    return got
+            self._buffer.extend(self._reader.poll(max(0.0, deadline - time.monotonic())))
+            if not self._buffer and time.monotonic() >= deadline:
                 return None
-            err = msg.error()
-            if err is not None:
-                if err.code() != KafkaError._PARTITION_EOF:
-                    if err.fatal():
-                        raise BrokerUnavailableError(f"reading {self.topic}: {err.str()}")
-                    log.warning("reading %s: %s", self.topic, err.str())
-            else:
-                self.last_message_at = time.monotonic()
-                value = msg.value()
-                if value is None:  # a tombstone: the user was erased
-                    user = (msg.key() or b"").decode("utf-8", "replace")
-                    if self.users is None or user in self.users:
-                        self.latest.pop(user, None)
-                        self.latest_raw.pop(user, None)
-                        self.erased.add(user)
-                    continue
-                try:
-                    rec = decode_recommendation(value)
-                except Exception as exc:  # noqa: BLE001 - BadInputError, or any codec slip: skip it
-                    self.skipped += 1
-                    log.warning("skipping undecodable message at %s[%d]@%d: %s",
-                                msg.topic(), msg.partition(), msg.offset(), exc)
-                else:
-                    if (self.users is None or rec.user_id in self.users) and (
-                            self._since is None or rec.published_at >= self._since):
-                        self.received += 1
-                        old = self.latest.get(rec.user_id)
-                        self.erased.discard(rec.user_id)
-                        if old is None or rec.published_at >= old.published_at:
-                            self.latest[rec.user_id] = rec
-                            self.latest_raw[rec.user_id] = value
-                        return rec, value
-            if time.monotonic() >= deadline:
-                return None
+
+    def _take(self, msg: Record) -> tuple[Recommendation, bytes] | None:
+        """Apply one record to :attr:`latest`; the list if it is one the client returns."""
+        self.last_message_at = time.monotonic()
+        value = msg.value
+        if value is None:  # a tombstone: the user was erased
+            user = (msg.key or b"").decode("utf-8", "replace")
+            if self.users is None or user in self.users:
+                self.latest.pop(user, None)
+                self.latest_raw.pop(user, None)
+                self.erased.add(user)
+            return None
+        try:
+            rec = decode_recommendation(value)
+        except Exception as exc:  # noqa: BLE001 - BadInputError, or any codec slip: skip it
+            self.skipped += 1
+            self._reader.skip(msg, str(exc))
+            log.warning("skipping undecodable message at %s[%d]@%d: %s", self.topic, msg.partition, msg.offset, exc)
+            return None
+        if (self.users is not None and rec.user_id not in self.users) or (
+                self._since is not None and rec.published_at < self._since):
+            return None
+        self.received += 1
+        old = self.latest.get(rec.user_id)
+        self.erased.discard(rec.user_id)
+        if old is None or rec.published_at >= old.published_at:
+            self.latest[rec.user_id] = rec
+            self.latest_raw[rec.user_id] = value
+        return rec, value
 
     def poll(self, timeout: float) -> Recommendation | None:
         """The next list within ``timeout`` seconds (undecodable messages are skipped, with
@@ -180,7 +159,7 @@ class RecommendationClient:
         """Leave the group (if any) and release the consumer; safe to call more than once."""
         if not self._closed:
             self._closed = True
-            self._consumer.close()
+            self._reader.close()
 
     def __enter__(self) -> RecommendationClient:  # noqa: PYI034
         return self

@@ -34,8 +34,7 @@ from typing import Any
 from model_core.errors import ConfigError
 from model_core.events import event_to_json
 from streams.codec import EraseCommand, EventLimits, decode_message
-from streams.errors import BrokerUnavailableError
-from streams.kafka import check_brokers, client_config, is_error
+from streams.reader import TopicReader
 from streams.settings import Settings
 
 __all__ = ["Archiver", "add_parser", "run"]
@@ -120,47 +119,28 @@ class Archiver:
 
     def run(self, *, follow: bool = False, stop: threading.Event | None = None, idle_s: float = 2.0) -> int:
         """Archive until caught up (no new record for ``idle_s``), or until ``stop`` with ``follow``."""
-        from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
-
-        topic = self.settings.events_topic
-        if topic not in check_brokers(self.settings):
-            raise BrokerUnavailableError(f"topic {topic} does not exist at {self.settings.brokers}")
-        stop = stop or threading.Event()
-        consumer = Consumer(client_config(self.settings, "consumer", **{
-            "group.id": f"freshrec-archive-{uuid.uuid4().hex[:12]}", "enable.auto.commit": False}))
+        reader = TopicReader(self.settings, self.settings.events_topic, start=dict(self._next),
+                             until="follow" if follow else "drain", idle_s=idle_s, timeout_s=None,
+                             connect_timeout_s=30.0, poll_s=0.5, name="archive")
         erasures = open(self.out / "erasures.jsonl", "a")  # noqa: SIM115 - closed below
         try:
-            parts = sorted(consumer.list_topics(topic, timeout=30).topics[topic].partitions)
-            consumer.assign([TopicPartition(topic, p, self._next.get(p, OFFSET_BEGINNING)) for p in parts])
-            last = time.monotonic()
-            while not stop.is_set():
-                msgs = consumer.consume(5000, timeout=0.5)
-                now = time.monotonic()
-                if self._file is not None and (now - self._opened > self.roll_s or
+            for batch in reader.batches(stop):  # an empty batch too: the file rolls on time
+                if self._file is not None and (time.monotonic() - self._opened > self.roll_s or
                                                self._raw.tell() >= self.roll_bytes):
                     self._roll()
-                if not msgs:
-                    if not follow and now - last > idle_s:
-                        break
-                    continue
-                last = now
-                for msg in msgs:
-                    if is_error(msg, topic):
-                        continue
-                    p, off = int(msg.partition() or 0), int(msg.offset() or 0)
-                    _, ts_ms = msg.timestamp()
+                for r in batch:
                     if self._file is None:
                         self._open()
-                    self._pending[p] = off + 1
+                    self._pending[r.partition] = r.offset + 1
                     try:
-                        item = decode_message(msg.value(), msg.key(), ts_ms / 1000 if ts_ms > 0 else None,
-                                              self.limits)
-                    except Exception:  # noqa: BLE001 - BadInputError: the worker dead-letters it
+                        item = decode_message(r.value, r.key, r.timestamp, self.limits)
+                    except Exception as exc:  # noqa: BLE001 - BadInputError: the worker dead-letters it
+                        reader.skip(r, str(exc))
                         self.skipped += 1
                         continue
                     if isinstance(item, EraseCommand):
                         self.erases += 1
-                        erasures.write(json.dumps({"user_id": item.user_id, "time": ts_ms / 1000}) + "\n")
+                        erasures.write(json.dumps({"user_id": item.user_id, "time": r.timestamp or 0.0}) + "\n")
                         erasures.flush()
                         continue
                     assert self._file is not None
@@ -170,7 +150,7 @@ class Archiver:
             self._roll()
         finally:
             erasures.close()
-            consumer.close()
+            reader.close()
             self.close()
             if self._file is not None:  # stopped by an error: the part file is not archived
                 self._file.close()

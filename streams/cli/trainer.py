@@ -27,7 +27,6 @@ import logging
 import signal
 import threading
 import time
-import uuid
 from collections import Counter, deque
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -39,7 +38,8 @@ from model_core.errors import BadInputError, ConfigError, FreshrecError, ModelIn
 from model_core.events import Event
 from streams.codec import EraseCommand, EventLimits, decode_message
 from streams.errors import BrokerUnavailableError
-from streams.kafka import check_brokers, client_config, is_error
+from streams.kafka import check_brokers
+from streams.reader import Since, Start, TopicReader
 from streams.settings import Settings
 
 __all__ = ["TopicRead", "TrainOptions", "parse_duration", "read_events_topic", "run_trainer", "train_from_topic"]
@@ -99,108 +99,49 @@ def read_events_topic(
     """(event or erase command, partition, offset) for every valid record of the events topic
     written from ``since_s`` seconds ago (None: from the earliest offset) until the read began.
 
-    Each partition is read up to its end offset at the start. The embedded broker
-    under-reports end offsets, so there a partition also counts as read when nothing new
-    came for ``idle_s`` seconds or a record is newer than the start of the read.
+    Each partition is read up to its end offset at the start (``TopicReader(until="end")``;
+    on the embedded broker, which under-reports end offsets, until a record newer than the
+    start of the read or ``idle_s`` of quiet). BrokerUnavailableError when nothing arrives
+    for ``timeout_s`` with partitions unfinished.
     """
-    from confluent_kafka import (
-        OFFSET_BEGINNING,
-        Consumer,
-        KafkaException,
-        TopicPartition,
-    )
-
     rep = report if report is not None else TopicRead()
     topic = rep.topic = settings.events_topic
     if topic not in check_brokers(settings, timeout=timeout_s):
         raise BadInputError(f"topic {topic} does not exist at {settings.brokers} (nothing was ever sent to it?)")
-    started = time.time()
-    t0 = time.monotonic()
-    cutoff_ms = int((started - since_s) * 1000) if since_s is not None else None
     limits = EventLimits.of(settings)
-    consumer = Consumer(client_config(settings, "consumer", **{
-        "group.id": f"freshrec-train-{uuid.uuid4().hex[:12]}", "enable.auto.commit": False,
-        "enable.partition.eof": False}))
+    start: Start = "beginning" if since_s is None else Since(time.time() - since_s)
+    reader = TopicReader(settings, topic, start=start, until="end", idle_s=idle_s, timeout_s=None,
+                         stall_s=timeout_s, connect_timeout_s=timeout_s, name="train")
     bar = None
     try:
-        parts = sorted(consumer.list_topics(topic, timeout=timeout_s).topics[topic].partitions)
-        starts = {p: OFFSET_BEGINNING for p in parts}
-        if cutoff_ms is not None:
-            try:
-                found = consumer.offsets_for_times([TopicPartition(topic, p, cutoff_ms) for p in parts],
-                                                   timeout=timeout_s)
-                starts.update({tp.partition: tp.offset for tp in found if tp.offset >= 0})
-                starts.update({tp.partition: -1 for tp in found if tp.offset < 0})  # nothing that recent
-            except KafkaException as exc:  # the timestamp filter below still bounds the read
-                log.warning("offsets for %s not found by time (%s); reading from the start", topic, exc)
-        ends: dict[int, int] = {}
-        for p in parts:
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s)
-            first = low if starts[p] == OFFSET_BEGINNING else starts[p]
-            if starts[p] != -1 and high > max(first, 0):
-                ends[p] = high
-                starts[p] = first
-        todo = set(ends)
-        if not todo:
+        if reader.expected == 0:
             log.info("%s holds no records%s", topic, f" from the last {since_s:.0f}s" if since_s else "")
-            return
-        if progress:
+        elif progress:
             from tqdm import tqdm
 
-            bar = tqdm(total=sum(ends[p] - starts[p] for p in todo), unit="rec", desc="read topic",
-                       dynamic_ncols=True, mininterval=1.0)
-        consumer.assign([TopicPartition(topic, p, starts[p]) for p in sorted(todo)])
-        exact_ends = settings.profile != "embedded"
-        last_seen = time.monotonic()
-        passed_end: set[int] = set()
-        while todo:
-            msgs = consumer.consume(5000, timeout=0.2)
-            now = time.monotonic()
-            if not msgs:
-                if passed_end >= todo and now - last_seen > idle_s:
-                    break  # embedded: everything up to the (under-reported) ends, and then quiet
-                if now - last_seen > timeout_s:
-                    raise BrokerUnavailableError(f"reading {topic}: nothing arrived for {timeout_s:.0f}s "
-                                                 f"with partitions {sorted(todo)} unfinished")
-                continue
-            last_seen = now
-            for msg in msgs:
-                if is_error(msg, topic):
-                    continue
-                p, off = msg.partition(), int(msg.offset() or 0)
-                if p not in todo:
-                    continue
-                _, ts_ms = msg.timestamp()
-                if ts_ms > started * 1000:  # written after the read began: the read is bounded there
-                    todo.discard(p)
-                    continue
-                if off >= ends[p] - 1:
-                    passed_end.add(p)
-                    if exact_ends:
-                        todo.discard(p)
-                if bar is not None:
-                    bar.update(1)
-                if cutoff_ms is not None and 0 < ts_ms < cutoff_ms:
-                    continue
+            bar = tqdm(total=reader.expected, unit="rec", desc="read topic", dynamic_ncols=True, mininterval=1.0)
+        for batch in reader.batches():
+            if bar is not None:
+                bar.update(len(batch))
+            for r in batch:
                 rep.records += 1
-                span = rep.offsets.setdefault(p, [off, off])
-                span[1] = off
+                span = rep.offsets.setdefault(r.partition, [r.offset, r.offset])
+                span[1] = r.offset
                 try:
-                    item = decode_message(msg.value(), msg.key(), ts_ms / 1000.0 if ts_ms > 0 else None, limits)
+                    item = decode_message(r.value, r.key, r.timestamp, limits)
                 except BadInputError as exc:
-                    rep.skipped += 1
-                    rep.reasons[str(exc)[:120]] += 1
+                    reader.skip(r, str(exc))
                     continue
                 if isinstance(item, EraseCommand):
                     rep.erases += 1
                 else:
                     rep.events += 1
-                yield item, p, off
+                yield item, r.partition, r.offset
     finally:
-        consumer.close()
+        reader.close()
         if bar is not None:
             bar.close()
-        rep.seconds = time.monotonic() - t0
+        rep.skipped, rep.reasons, rep.seconds = reader.skipped, reader.reasons, reader.seconds
 
 
 @dataclass(frozen=True)

@@ -12,10 +12,10 @@ import asyncio
 import json
 import logging
 import threading
-import uuid
 from collections.abc import Callable
 
-from streams.kafka import client_config
+from streams.errors import BrokerUnavailableError
+from streams.reader import TopicReader
 from streams.settings import Settings
 from streams.worker.metrics import Metrics
 
@@ -37,24 +37,13 @@ class CatalogListener(threading.Thread):
         self.stopping = threading.Event()
 
     def run(self) -> None:
-        from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
-
-        s = self.settings
-        consumer = Consumer(client_config(s, "consumer", **{
-            "group.id": f"{s.group}-catalog-{uuid.uuid4().hex[:8]}", "enable.auto.commit": False}))
         try:
-            md = consumer.list_topics(s.items_topic, timeout=10)
-            parts = md.topics[s.items_topic].partitions
-            consumer.assign([TopicPartition(s.items_topic, p, OFFSET_BEGINNING) for p in parts])
-            while not self.stopping.is_set():
-                msg = consumer.poll(0.2)
-                if msg is None or msg.error():
-                    continue
-                self.loop.call_soon_threadsafe(self._apply, msg.value())
-        except KafkaException as exc:
+            with TopicReader(self.settings, self.settings.items_topic, until="follow", name="catalog") as reader:
+                for batch in reader.batches(self.stopping):
+                    for r in batch:
+                        self.loop.call_soon_threadsafe(self._apply, r.value)
+        except BrokerUnavailableError as exc:
             log.error("catalog listener stopped: %s", exc)
-        finally:
-            consumer.close()
 
     def _apply(self, value: bytes | None) -> None:
         try:

@@ -27,21 +27,18 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 from collections.abc import Collection, Iterable
 from typing import Any
 
 from model_core.state import UserHistory
 from streams.errors import BrokerUnavailableError
-from streams.kafka import client_config, is_error
+from streams.kafka import client_config
+from streams.reader import MARKER_KEY, TopicReader
 from streams.settings import Settings
 
 __all__ = ["EPOCH_HEADER", "MARKER_KEY", "UserStateStore"]
 
 log = logging.getLogger("freshrec.state")
-
-MARKER_KEY = b"\x00freshrec-recovery-marker"
-"""Key of the records that end a recovery read (never a user id: user ids are valid text)."""
 
 EPOCH_HEADER = "freshrec-epoch"
 """Header of every state record: the writer's epoch (the offset of its recovery marker)."""
@@ -146,70 +143,31 @@ class UserStateStore:
         after it, the winner is written again under the new epoch. Records after the marker are
         ignored: only a worker that lost the partition could still write there.
         """
-        from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+        from confluent_kafka import Producer
 
         parts = sorted(set(partitions))
         if not parts:
             return {}
         started = time.monotonic()
-        nonce = uuid.uuid4().hex.encode()
-        epochs: dict[int, int] = {}
-
-        def delivered(err: object, msg: object) -> None:
-            if err is None:
-                epochs[msg.partition()] = msg.offset()  # type: ignore[attr-defined]
-
-        # not idempotent: a repeated marker is harmless, and a new idempotent producer waits
-        # ~0.5 s for its producer id (librdkafka retries the request on a 500 ms timer)
-        producer = Producer(client_config(self.settings, "producer", **{"enable.idempotence": False}))
-        for p in parts:
-            producer.produce(self.topic, key=MARKER_KEY, value=nonce, partition=p, on_delivery=delivered)
-        if producer.flush(self.timeout_s) != 0 or len(epochs) < len(parts):
-            raise BrokerUnavailableError(f"cannot write to {self.topic} to recover partitions {parts}")
-        consumer = Consumer(client_config(self.settings, "consumer", **{
-            "group.id": f"freshrec-state-{uuid.uuid4().hex[:12]}", "enable.auto.commit": False,
-            "enable.partition.eof": False}))
         best: dict[int, dict[str, tuple[int, bytes | None]]] = {p: {} for p in parts}
         last: dict[int, dict[str, int]] = {p: {} for p in parts}
-        pending = set(parts)
         records = 0
-        next_note = started + 10.0
-        try:
-            # metadata first: assigned before the partition leaders are known, librdkafka waits a
-            # fixed 500 ms before it looks up the start offsets
-            consumer.list_topics(self.topic, timeout=self.timeout_s)
-            consumer.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in parts])
-            while pending:
-                now = time.monotonic()
-                if now - started > self.timeout_s:
-                    raise BrokerUnavailableError(
-                        f"recovering {self.topic} partitions {sorted(pending)} took over {self.timeout_s:.0f}s")
-                if now > next_note:
-                    log.info("recovering user state: %d records read, partitions %s to go", records,
-                             sorted(pending))
-                    next_note = now + 10.0
-                for msg in consumer.consume(10_000, timeout=0.05):
-                    if is_error(msg, self.topic):
-                        continue
-                    part = msg.partition()
-                    if part not in pending:
-                        continue
-                    key = msg.key()
-                    if key == MARKER_KEY:
-                        if msg.value() == nonce:
-                            pending.discard(part)
-                        continue
-                    if key is None:
+        with TopicReader(self.settings, self.topic, partitions=parts, until="marker", timeout_s=self.timeout_s,
+                         connect_timeout_s=self.timeout_s, batch=10_000, poll_s=0.05,
+                         name="recovering user state") as reader:
+            for batch in reader.batches():
+                for r in batch:
+                    if r.key is None:
                         continue
                     records += 1
-                    user = key.decode("utf-8", "replace")
-                    epoch = _epoch_of(msg.headers())
-                    last[part][user] = epoch
-                    have = best[part].get(user)
+                    user = r.key.decode("utf-8", "replace")
+                    epoch = _epoch_of(r.headers)
+                    last[r.partition][user] = epoch
+                    have = best[r.partition].get(user)
                     if have is None or epoch >= have[0]:
-                        best[part][user] = (epoch, msg.value())
-        finally:
-            consumer.close()
+                        best[r.partition][user] = (epoch, r.value)
+            epochs = dict(reader.markers)
+        producer = Producer(client_config(self.settings, "producer", **{"enable.idempotence": False}))
         out: dict[int, tuple[dict[str, bytes], int]] = {}
         repaired = 0
         for p in parts:

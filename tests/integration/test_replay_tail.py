@@ -288,6 +288,21 @@ def test_client_user_filter_and_new_lists(settings: Settings) -> None:
         assert list(client.latest) == ["a"]
 
 
+def test_client_in_a_group_resumes_where_the_group_stopped(settings: Settings) -> None:
+    now = time.time()
+    group = f"{settings.topic_prefix}-tail"
+    publish(settings, [(u, encode_recommendation(rec(u, now - 10, [("i1", 0.5)]))) for u in ("a", "b")])
+    with RecommendationClient(settings, group=group) as client:  # joins the group: takes a few seconds here
+        assert client.wait_for(lambda r: r.user_id == "b", timeout=30) is not None
+        client.drain(idle=0.5)
+        assert set(client.latest) == {"a", "b"}
+    publish(settings, [("c", encode_recommendation(rec("c", time.time(), [("i2", 0.5)])))])
+    with RecommendationClient(settings, group=group) as client:  # the group committed a and b on close
+        assert client.wait_for(lambda r: r.user_id == "c", timeout=30) is not None
+        client.drain(idle=0.5)
+        assert set(client.latest) == {"c"}
+
+
 def test_client_unreachable_broker(settings: Settings) -> None:
     with pytest.raises(BrokerUnavailableError):
         RecommendationClient(closed_port_settings(settings), connect_timeout=1.0)

@@ -511,12 +511,12 @@ def test_norm_pruned_fast_path_equals_faiss_flat(
         return
     ref = faiss.IndexFlatIP(dim)
     ref.add(V[keep])
-    D, I = ref.search(Q, min(k, n))
+    D, ids_ = ref.search(Q, min(k, n))
     scores, slots, frac = layout.search(Q, k)
     assert 0.0 < frac <= 1.0
     kk = min(k, len(keep))
     assert np.all(slots[:, kk:] == -1)
-    ref_slots = np.where(I >= 0, keep[np.maximum(I, 0)], -1)[:, :kk]
+    ref_slots = np.where(ids_ >= 0, keep[np.maximum(ids_, 0)], -1)[:, :kk]
     np.testing.assert_allclose(scores[:, :kk], D[:, :kk], rtol=1e-4, atol=1e-4)
     exact = Q @ V.T
     for row in range(b):
@@ -764,7 +764,7 @@ def test_flat_upsert_defers_faiss_and_save_roundtrips(tmp_path: Path) -> None:
     # faiss search on the materialised index agrees with the fast path (all available here)
     loaded.set_available(ids[200:205], True)
     index.set_available(ids[200:205], True)
-    D, I = loaded._faiss.search(Q, 20)
+    D, _ = loaded._faiss.search(Q, 20)
     fast = index.search(Q, 20)
     for b in range(9):
         np.testing.assert_allclose(D[b], [s for _, s in fast[b]], rtol=1e-5, atol=1e-5)

@@ -10,6 +10,7 @@ import pytest
 
 from model_core.als import (
     REJECTED_DIR,
+    ALSModel,
     Interactions,
     InteractionsBuilder,
     model_versions,
@@ -44,7 +45,9 @@ def test_interactions_do_not_depend_on_event_order() -> None:
     random.Random(0).shuffle(shuffled)
     a, b = (Interactions.from_events(e, ALSConfig()) for e in (events, shuffled))
     assert a.user_ids == b.user_ids == sorted(a.user_ids) and a.item_ids == b.item_ids == sorted(a.item_ids)
-    cells = lambda x: dict(zip(zip(x.rows.tolist(), x.cols.tolist()), x.weights.tolist()))
+    def cells(x: Interactions) -> dict:
+        return dict(zip(zip(x.rows.tolist(), x.cols.tolist()), x.weights.tolist()))
+
     assert cells(a) == cells(b)
     np.testing.assert_array_equal(train_als(a, ALSConfig(factors=8, iterations=3)).item_factors,
                                   train_als(b, ALSConfig(factors=8, iterations=3)).item_factors)
@@ -75,7 +78,9 @@ def test_warm_start_starts_from_the_previous_factors() -> None:
     one = ALSConfig(factors=8, iterations=1)
     warm, cold = train_als(events, one, warm_start=prev), train_als(events, one)
     # one sweep from the previous factors stays near them; from random it is nowhere near
-    gap = lambda m: np.abs(m.item_factors - prev.item_factors).mean()
+    def gap(m: ALSModel) -> float:
+        return float(np.abs(m.item_factors - prev.item_factors).mean())
+
     assert gap(warm) < 0.2 * gap(cold)
     assert warm.metadata["warm_start"] == prev.version and cold.metadata["warm_start"] is None
     with pytest.raises(ConfigError, match="warm-start"):
