@@ -40,7 +40,7 @@ class Settings:
     profile: str = "production"
     """Client tuning: production (Apache Kafka) or embedded (Tansu) (FRESHREC_PROFILE)."""
     topic_prefix: str = "freshrec"
-    """Topic names are <prefix>.events, .events.dlq, .items, .recommendations (FRESHREC_TOPIC_PREFIX)."""
+    """Topic names are <prefix>.events, .events.dlq, .items, .recommendations, .trending (FRESHREC_TOPIC_PREFIX)."""
     partitions: int = 4
     """Partitions of topics freshrec creates; at most this many workers share the load (FRESHREC_PARTITIONS)."""
     replication: int = 1
@@ -145,6 +145,12 @@ class Settings:
     @property
     def recommendations_topic(self) -> str:
         return f"{self.topic_prefix}.recommendations"
+
+    @property
+    def trending_topic(self) -> str:
+        """The global trending list (key ``b"global"``; compacted): what ``freshrec serve`` answers for
+        an unknown user when asked for ``fallback=trending``."""
+        return f"{self.topic_prefix}.trending"
 
     @property
     def state_topic(self) -> str:
