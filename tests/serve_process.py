@@ -78,9 +78,10 @@ class ServeProcess:
 
 
 def rec(user: str, items: list[str], *, published_at: float | None = None, model: str = "v1",
-        sources: list[list[str] | None] | None = None) -> bytes:
+        sources: list[list[str] | None] | None = None, last_event_at: float | None = None) -> bytes:
     """A recommendation message for ``user`` (scores descending from 1)."""
     now = time.time() if published_at is None else published_at
     return encode_recommendation(Recommendation(
         user, [(i, 1.0 - n / 100) for n, i in enumerate(items)], model, 3, 7, "e-7", now - 1, now,
-        last_event_at=now - 0.05, sources=sources))
+        last_event_at=now - 0.05 if last_event_at is None else last_event_at,
+        sources=None if sources is None else sources[: len(items)]))
