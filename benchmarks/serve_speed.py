@@ -16,7 +16,7 @@
    it every millisecond until serve answers it: published -> visible through the API (one
    list first, not counted, so that the producer's own start-up is not a publish).
 
-The load generator is aiohttp in this process; serve runs in its own process. Both share the
+The load generator is a minimal asyncio HTTP/1.1 client in this process; serve runs in its own process. Both share the
 machine's CPUs with whatever else runs (the load average is recorded).
 """
 
@@ -52,15 +52,29 @@ def rss_mb(pid: int) -> float:
     raise RuntimeError("no VmRSS")
 
 
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds the process used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return round(ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))], 3)
 
 
 def get(conn: http.client.HTTPConnection, path: str) -> tuple[int, bytes]:
-    conn.request("GET", path)
-    r = conn.getresponse()
-    return r.status, r.read()
+    """GET over a keep-alive connection, reconnecting once if the server closed it while idle."""
+    for attempt in (1, 2):
+        try:
+            conn.request("GET", path)
+            r = conn.getresponse()
+            return r.status, r.read()
+        except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+            conn.close()
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
 
 
 def git_commit() -> str | None:
@@ -80,8 +94,9 @@ def make_rec(user: str, rng: random.Random, now: float) -> bytes:
 
 async def load(port: int, users: int, rps: float, seconds: float, connections: int = 16,
                warmup_s: float = 1.0) -> dict[str, Any]:
-    import aiohttp
-
+    """Open-loop GETs at ``rps`` over ``connections`` keep-alive connections (a minimal HTTP/1.1
+    client on asyncio streams: a fraction of aiohttp's CPU per request, so the load generator
+    takes less of the machine it shares with the server)."""
     warm = int(rps * warmup_s)
     n = int(rps * seconds) + warm
     rng = random.Random(1)
@@ -90,14 +105,11 @@ async def load(port: int, users: int, rps: float, seconds: float, connections: i
     service: list[float] = []
     errors = 0
     queue: asyncio.Queue[tuple[float, str]] = asyncio.Queue()
-    conn = aiohttp.TCPConnector(limit=connections)
-    async with aiohttp.ClientSession(f"http://127.0.0.1:{port}", connector=conn) as session:
-        for _ in range(connections):  # open the connections before the clock starts
-            async with session.get("/health") as r:
-                await r.read()
 
-        async def client() -> None:
-            nonlocal errors
+    async def client() -> None:
+        nonlocal errors
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
             while True:
                 due, path = await queue.get()
                 try:
@@ -105,28 +117,35 @@ async def load(port: int, users: int, rps: float, seconds: float, connections: i
                     if delay > 0:
                         await asyncio.sleep(delay)
                     sent = time.perf_counter()
-                    async with session.get(path) as r:
-                        await r.read()
-                        if r.status != 200:
-                            errors += 1
+                    writer.write(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+                    head = await reader.readuntil(b"\r\n\r\n")
+                    length = 0
+                    for line in head.split(b"\r\n"):
+                        if line[:15].lower() == b"content-length:":
+                            length = int(line[15:])
+                    await reader.readexactly(length)
                     done = time.perf_counter()
+                    if not head.startswith(b"HTTP/1.1 200"):
+                        errors += 1
                     if due >= measured_from:
                         latencies.append((done - due) * 1000.0)
                         service.append((done - sent) * 1000.0)
                 finally:
                     queue.task_done()
+        finally:
+            writer.close()
 
-        tasks = [asyncio.create_task(client()) for _ in range(connections * 4)]
-        start = time.perf_counter() + 0.1
-        measured_from = start + warm / rps
-        for i, path in enumerate(paths):
-            queue.put_nowait((start + i / rps, path))
-        await asyncio.wait_for(queue.join(), timeout=seconds * 3 + 30)
-        elapsed = time.perf_counter() - measured_from
-        for t in tasks:
-            t.cancel()
-    return {"target_rps": rps, "seconds": seconds, "warmup_s": warmup_s, "requests": len(latencies),
-            "errors": errors, "achieved_rps": round(len(latencies) / elapsed, 1),
+    start = time.perf_counter() + 0.2
+    measured_from = start + warm / rps
+    tasks = [asyncio.create_task(client()) for _ in range(connections)]
+    for i, path in enumerate(paths):
+        queue.put_nowait((start + i / rps, path))
+    await asyncio.wait_for(queue.join(), timeout=seconds * 3 + 30)
+    elapsed = time.perf_counter() - measured_from
+    for t in tasks:
+        t.cancel()
+    return {"target_rps": rps, "seconds": seconds, "warmup_s": warmup_s, "connections": connections,
+            "requests": len(latencies), "errors": errors, "achieved_rps": round(len(latencies) / elapsed, 1),
             "latency_ms": {"p50": pct(latencies, 50), "p90": pct(latencies, 90), "p99": pct(latencies, 99),
                            "max": round(max(latencies), 3)},
             "service_ms": {"p50": pct(service, 50), "p99": pct(service, 99)}}
@@ -190,12 +209,13 @@ def main() -> None:
             rss_loaded = rss_mb(serve.pid)
 
             # 3. load
+            cpu_before, wall_before = cpu_s(serve.pid), time.perf_counter()
             load_result = asyncio.run(load(port, args.users, args.rps, args.seconds))
+            load_result["serve_cpu_share"] = round((cpu_s(serve.pid) - cpu_before)
+                                                   / (time.perf_counter() - wall_before), 3)
             rss_after_load = rss_mb(serve.pid)
 
-            # 4. visibility (a new connection: uvicorn closes one idle for 5 s)
-            conn.close()
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            # 4. visibility
             vis_producer = Producer(client_config(settings, "producer", **{"linger.ms": 0}))
             vis_producer.produce(settings.recommendations_topic, make_rec("vis-warm", rng, time.time()), b"vis-warm")
             vis_producer.flush(10)  # the producer's start (metadata, idempotence handshake) is not a publish

@@ -43,14 +43,17 @@ FRESH_SAMPLES_PER_S = 256
 class Entry(NamedTuple):
     """One user's newest list, compact and immutable.
 
-    A tuple of atoms (strings, numbers, tuples of strings, an array): the garbage collector
-    stops tracking such a tuple after its first pass, so a million held lists add nothing
-    to the full collections that would otherwise pause every request (tens of ms per 100k
-    tracked objects).
+    :class:`Store` keeps it as a plain ``tuple(entry)`` of atoms (strings, numbers, tuples of
+    strings, bytes) and :meth:`Store.get` wraps it again: the garbage collector stops
+    tracking a plain tuple of atoms once a collection or two has seen it (a NamedTuple it tracks
+    for ever), so
+    a million held lists add nothing to the full collections that would otherwise pause
+    requests (tens of ms per 100k tracked objects).
     """
 
     item_ids: tuple[str, ...]
-    scores: array[float]
+    scores_f64: bytes
+    """The scores as float64 bytes (bytes, unlike an array, are not tracked by the collector)."""
     sources: tuple[tuple[str, ...] | None, ...] | None
     model_version: str
     index_version: int
@@ -67,9 +70,14 @@ class Entry(NamedTuple):
         sources = None
         if rec.sources is not None:
             sources = tuple(None if v is None else tuple(intern(x) for x in v) for v in rec.sources)
-        return cls(tuple(intern(i) for i, _ in rec.items), array("d", (s for _, s in rec.items)), sources,
+        return cls(tuple(intern(i) for i, _ in rec.items), array("d", (s for _, s in rec.items)).tobytes(), sources,
                    intern(rec.model_version), rec.index_version, rec.events_applied, rec.last_event_id,
                    rec.last_event_time, rec.published_at, rec.last_event_at, received_at)
+
+    @property
+    def scores(self) -> Sequence[float]:
+        """The scores, as a float view of :attr:`scores_f64` (no copy)."""
+        return memoryview(self.scores_f64).cast("d")  # type: ignore[return-value]
 
     @property
     def freshness_s(self) -> float | None:
@@ -110,7 +118,8 @@ class Store:
     and the counters the dashboard and /metrics show."""
 
     def __init__(self, recent_events: int = 0) -> None:
-        self.lists: dict[str, Entry] = {}
+        self.lists: dict[str, tuple[Any, ...]] = {}
+        """user_id -> ``tuple(Entry)`` (see :class:`Entry` for why not the Entry itself)."""
         self.erased: set[str] = set()
         self.unavailable: set[str] = set()
         self.category: dict[str, str] = {}
@@ -133,13 +142,18 @@ class Store:
         """Per second: [unix second, lists received, freshness samples in seconds]."""
         self._lock = threading.Lock()
 
+    def get(self, user_id: str) -> Entry | None:
+        """The user's newest list, or None."""
+        t = self.lists.get(user_id)
+        return None if t is None else Entry._make(t)
+
     # ------------------------------------------------------------------ writes (reader thread)
 
     def put(self, rec: Recommendation, received_at: float | None = None) -> bool:
         """Keep ``rec`` if it is the user's newest list (by ``published_at``); True if kept."""
         now = time.time() if received_at is None else received_at
         self.received += 1
-        old = self.lists.get(rec.user_id)
+        old = self.get(rec.user_id)
         if old is not None and rec.published_at < old.published_at:
             return False
         entry = Entry.of(rec, now)
@@ -148,7 +162,7 @@ class Store:
                 self._count(old.model_version, -1)
             self._count(entry.model_version, +1)
             self._note(now, entry.freshness_s)
-        self.lists[rec.user_id] = entry
+        self.lists[rec.user_id] = tuple(entry)
         self.erased.discard(rec.user_id)
         return True
 
@@ -159,7 +173,7 @@ class Store:
         self.erased.add(user_id)
         if old is not None:
             with self._lock:
-                self._count(old.model_version, -1)
+                self._count(Entry._make(old).model_version, -1)
 
     def apply_catalog(self, value: bytes | None) -> None:
         """One catalog message: ``{"item_id", "event": "new|unavailable|available", "category"?}``."""
@@ -216,7 +230,7 @@ class Store:
 
     # ------------------------------------------------------------------ reads (event loop)
 
-    def select(self, item_ids: Sequence[str], scores: Sequence[float],
+    def select(self, item_ids: Sequence[str], scores: Sequence[float] | memoryview,
                sources: Sequence[tuple[str, ...] | None] | None, k: int | None, exclude: Iterable[str] = (),
                category: str | None = None, available_only: bool = True) -> Selected:
         """The items that pass the filters, in list order, cut to ``k`` (None = all)."""

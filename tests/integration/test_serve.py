@@ -16,6 +16,7 @@ from serve_process import ServeProcess, rec
 
 from streams.broker import EmbeddedBroker
 from streams.kafka import client_config, ensure_topics
+from streams.serve.api import BatchResponse, UserRecommendations
 from streams.settings import Settings, load_settings
 
 
@@ -78,6 +79,7 @@ def test_filters_catalog_at_read_time_and_newest_list(settings: Settings, produc
 
     status, body = srv.request("/v1/users/u1/recommendations")
     assert status == 200, body
+    assert UserRecommendations.model_validate(body).model_dump() == body  # the documented contract, exactly
     assert [i["item_id"] for i in body["items"]] == ["i1", "i3", "i4", "i5", "i6"]  # i2 unavailable
     assert body["items"][0]["sources"] == ["foldin", "covisit"] and body["items"][2]["sources"] is None
     assert body["model_version"] == "v2" and body["index_version"] == 3 and body["source"] == "user"
@@ -140,6 +142,7 @@ def test_tombstones_trending_fallback_and_batch(settings: Settings, produce: Cal
     status, body = srv.request("/v1/recommendations", {"users": ["u2", "u1", "nobody"], "k": 1})
     assert status == 200 and set(body["results"]) == {"u2"} and body["missing"] == ["u1", "nobody"]
     status, body = srv.request("/v1/recommendations", {"users": ["u2", "u1"], "fallback": "trending"})
+    assert BatchResponse.model_validate(body).model_dump() == body
     assert body["results"]["u1"]["source"] == "trending" and body["results"]["u2"]["source"] == "user"
     status, body = srv.request("/v1/recommendations?users=u2,nobody&users=u1")
     assert status == 200 and list(body["results"]) == ["u2"] and body["missing"] == ["nobody", "u1"]
