@@ -128,6 +128,10 @@ def serve() -> str:
         f"| GET at {g['target_rps']:,.0f} requests/s, {r['users']:,} users held: p50 / p99 / max ms | p99 ≤ 5 ms "
         f"| {g['latency_ms']['p50']} / {g['latency_ms']['p99']} / {g['latency_ms']['max']} "
         f"({g['achieved_rps']:,.0f}/s achieved, {g['errors']} errors) | {ok[r['targets']['get_1000_rps_p99_le_5ms']]} |",
+        (f"| the same GETs inside serve (handler and serialisation, from its histogram): share under 1 / 2 / 5 ms "
+         f"| – | {' / '.join(f'{v:.2%}' for v in r['server_handler_share'].values())} | – |"
+         if r.get("server_handler_share") else "| | | | |"),
+        f"| serve's CPU during the load | – | {g.get('serve_cpu_share', 0):.0%} of a core | – |",
         f"| published -> visible through the API: p50 / p99 / max ms ({v['samples']} lists) | p99 ≤ 50 ms "
         f"| {v['p50']} / {v['p99']} / {v['max']} | {ok[r['targets']['visible_p99_le_50ms']]} |",
         f"| RSS: empty / {r['users']:,} lists / per 100k users | – | {m['empty']} / {m['loaded']} / "

@@ -28,6 +28,7 @@ import http.client
 import json
 import os
 import random
+import re
 import subprocess
 import sys
 import time
@@ -239,6 +240,12 @@ def main() -> None:
             serve.terminate()
             serve.wait(20)
 
+    buckets = {float(m.group(1)) if m.group(1) != "+Inf" else float("inf"): float(m.group(2)) for m in re.finditer(
+        r'freshrec_serve_request_seconds_bucket\{le="([^"]+)",route="/v1/users/\{user_id\}/recommendations"\} (\S+)',
+        metrics)}
+    total = buckets.get(float("inf"), 0.0)
+    handler = {f"under_{int(le * 1000)}ms": round(n / total, 5) for le, n in buckets.items()
+               if le in (0.001, 0.002, 0.005)} if total else {}
     per_100k = (rss_loaded - rss_empty) * 100_000 / args.users
     out = {
         "users": args.users, "items_per_list": 20, "catalog_items": 5000,
@@ -250,6 +257,7 @@ def main() -> None:
         "get": load_result,
         "visibility_ms": {"samples": len(visible_ms), "p50": pct(visible_ms, 50), "p99": pct(visible_ms, 99),
                           "max": round(max(visible_ms), 3)},
+        "server_handler_share": handler,
         "server_histogram": [line for line in metrics.splitlines()
                              if line.startswith("freshrec_serve_request_seconds_bucket")
                              and "/v1/users/{user_id}/recommendations" in line],
@@ -261,7 +269,8 @@ def main() -> None:
         "command": "python benchmarks/serve_speed.py " + " ".join(sys.argv[1:]),
     }
     Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
-    print(json.dumps({k: out[k] for k in ("ingest", "rss_mb", "get", "visibility_ms", "targets", "loadavg_1m")},
+    print(json.dumps({k: out[k] for k in ("ingest", "rss_mb", "get", "server_handler_share", "visibility_ms",
+                                          "targets", "loadavg_1m")},
                      indent=2))
 
 
