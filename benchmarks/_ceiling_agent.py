@@ -24,10 +24,10 @@ from typing import Any
 
 def main(argv: list[str]) -> int:
     import faust
+    from streams.worker.batching import take_batches
 
     from streams.settings import load_settings
     from streams.worker.app import make_app
-    from streams.worker.batching import take_batches
 
     group, target, status_path = argv[0], int(argv[1]), argv[2]
     stock = argv[3:] == ["stock"]

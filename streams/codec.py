@@ -7,6 +7,9 @@ A recommendation message (key = user_id, value = JSON)::
      "last_event_id": "e-17", "last_event_time": 1700000000.5,
      "published_at": 1700000001.2, "last_event_at": 1700000001.1, "schema": 1}
 
+Each item may carry ``"sources": ["foldin", "covisit", ...]``, the candidate sources that
+put it on the list; absent means unknown (older workers), and decoders must accept both.
+
 ``events_applied`` counts the distinct events folded into that user so far.
 ``last_event_at`` is the broker timestamp (Unix seconds) of the newest message
 the list reflects: a subscriber's ``time received - last_event_at`` is the
@@ -162,16 +165,36 @@ class Recommendation:
     published_at: float
     last_event_at: float | None = None
     schema: int = SCHEMA
+    sources: list[list[str] | None] | None = None
+    """Per item (same order as ``items``), the candidate sources that put it there; None for
+    the whole list, or for one item, when the message does not say."""
 
     @property
     def item_ids(self) -> list[str]:
         return [i for i, _ in self.items]
 
 
+def _item_json(item_id: str, score: float, sources: list[str] | None) -> dict[str, Any]:
+    d: dict[str, Any] = {"item_id": item_id, "score": round(float(score), 6)}
+    if sources is not None:
+        d["sources"] = list(sources)
+    return d
+
+
+def _sources(x: dict[str, Any]) -> list[str] | None:
+    raw = x.get("sources")
+    if raw is None:
+        return None
+    if not isinstance(raw, list) or not all(isinstance(v, str) for v in raw):
+        raise BadInputError(f"item sources {str(raw)[:80]!r} is not a list of strings")
+    return raw
+
+
 def encode_recommendation(rec: Recommendation) -> bytes:
     return orjson.dumps({
         "user_id": rec.user_id,
-        "items": [{"item_id": i, "score": round(float(s), 6)} for i, s in rec.items],
+        "items": [_item_json(i, s, rec.sources[n] if rec.sources and n < len(rec.sources) else None)
+                  for n, (i, s) in enumerate(rec.items)],
         "model_version": rec.model_version, "index_version": rec.index_version,
         "events_applied": rec.events_applied, "last_event_id": rec.last_event_id,
         "last_event_time": rec.last_event_time, "published_at": rec.published_at,
@@ -186,9 +209,11 @@ def decode_recommendation(value: bytes | str) -> Recommendation:
             raise BadInputError("recommendation message is not a JSON object")
         if d.get("schema") != SCHEMA:
             raise BadInputError(f"recommendation schema {d.get('schema')!r} is not {SCHEMA}")
+        sources = [_sources(x) for x in d["items"]]
         return Recommendation(
             user_id=str(d["user_id"]),
             items=[(str(x["item_id"]), float(x["score"])) for x in d["items"]],
+            sources=sources if any(v is not None for v in sources) else None,
             model_version=str(d["model_version"]),
             index_version=int(d["index_version"]),
             events_applied=int(d["events_applied"]),
@@ -199,7 +224,7 @@ def decode_recommendation(value: bytes | str) -> Recommendation:
         )
     except BadInputError:
         raise
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise BadInputError(f"not a recommendation message: {exc!r}") from None
 
 

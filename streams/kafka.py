@@ -81,6 +81,7 @@ def topic_specs(settings: Settings) -> dict[str, dict[str, Any]]:
         settings.dlq_topic: {"partitions": 1, "config": {}},
         settings.items_topic: {"partitions": 1, "config": {}},
         settings.recommendations_topic: {"partitions": p, "config": {"cleanup.policy": "compact"}},
+        settings.trending_topic: {"partitions": 1, "config": {"cleanup.policy": "compact"}},
         settings.state_topic: {"partitions": p, "config": {"cleanup.policy": "compact"}},
     }
 

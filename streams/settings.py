@@ -44,7 +44,7 @@ class Settings:
     profile: str = "production"
     """Client tuning: production (Apache Kafka) or embedded (Tansu) (FRESHREC_PROFILE)."""
     topic_prefix: str = "freshrec"
-    """Topic names are <prefix>.events, .events.dlq, .items, .recommendations (FRESHREC_TOPIC_PREFIX)."""
+    """Topic names are <prefix>.events, .events.dlq, .items, .recommendations, .trending (FRESHREC_TOPIC_PREFIX)."""
     partitions: int = 4
     """Partitions of topics freshrec creates; at most this many workers share the load (FRESHREC_PARTITIONS)."""
     replication: int = 1
@@ -112,6 +112,24 @@ class Settings:
     max_future_s: float = 86400.0
     """Latest accepted event time, seconds after the message's broker timestamp (FRESHREC_MAX_FUTURE_S)."""
 
+    serve_host: str = "127.0.0.1"
+    """Address ``freshrec serve`` listens on; 0.0.0.0 for every interface (FRESHREC_SERVE_HOST)."""
+    serve_port: int = 8000
+    """Port of ``freshrec serve``: API, dashboard, /metrics (FRESHREC_SERVE_PORT)."""
+    serve_partitions: str = ""
+    """Partitions of the recommendations topic ``freshrec serve`` holds, comma-separated (e.g. 0,1);
+    empty = all. Replicas with different sets split a topic too big for one process
+    (FRESHREC_SERVE_PARTITIONS)."""
+    serve_recent_events: int = 10000
+    """Newest messages of the events topic ``freshrec serve`` keeps for the dashboard's user lookup;
+    0 = do not read the events topic (FRESHREC_SERVE_RECENT_EVENTS)."""
+    serve_ready_quiet_s: float = 0.5
+    """``freshrec serve`` is ready once every partition reported its end and no record came for this
+    long, seconds (the embedded broker under-reports end offsets) (FRESHREC_SERVE_READY_QUIET_S)."""
+    serve_worker_metrics: str = ""
+    """Workers' Prometheus /metrics URLs the dashboard scrapes for live quality and DLQ counts,
+    comma-separated (FRESHREC_SERVE_WORKER_METRICS)."""
+
     def __post_init__(self) -> None:
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ConfigError(f"FRESHREC_DEVICE / --device {self.device!r} must be auto, cpu or cuda")
@@ -141,6 +159,15 @@ class Settings:
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name}={getattr(self, name)} must be > 0 (FRESHREC_{name.upper()})")
         self.foldin  # noqa: B018 - validates history_size, half_life_s, position_decay (ConfigError)
+        if not 0 <= self.serve_port < 65536:
+            raise ConfigError(f"serve_port={self.serve_port} is not a port (FRESHREC_SERVE_PORT / --port)")
+        self.serve_partition_ids  # noqa: B018 - validates serve_partitions (ConfigError)
+        if self.serve_recent_events < 0:
+            raise ConfigError(f"serve_recent_events={self.serve_recent_events} must be >= 0 "
+                              "(FRESHREC_SERVE_RECENT_EVENTS)")
+        if not self.serve_ready_quiet_s > 0:
+            raise ConfigError(f"serve_ready_quiet_s={self.serve_ready_quiet_s} must be > 0 "
+                              "(FRESHREC_SERVE_READY_QUIET_S)")
         if not 0 <= self.web_port < 65536:
             raise ConfigError(f"web_port={self.web_port} is not a port (FRESHREC_WEB_PORT)")
 
@@ -148,6 +175,25 @@ class Settings:
     def foldin(self) -> FoldInConfig:
         """The fold-in settings as model_core's config (validated there)."""
         return FoldInConfig(self.history_size, self.half_life_s, self.position_decay)
+
+    @property
+    def serve_partition_ids(self) -> list[int] | None:
+        """``serve_partitions`` as sorted partition numbers; None = all."""
+        if not self.serve_partitions.strip():
+            return None
+        try:
+            ids = sorted({int(p) for p in self.serve_partitions.split(",") if p.strip()})
+        except ValueError:
+            raise ConfigError(f"serve partitions {self.serve_partitions!r} is not a comma list of partition "
+                              "numbers, e.g. 0,1 (FRESHREC_SERVE_PARTITIONS / --partitions)") from None
+        if any(i < 0 for i in ids):
+            raise ConfigError(f"serve partitions {self.serve_partitions!r} must be >= 0")
+        return ids
+
+    @property
+    def worker_metrics_urls(self) -> list[str]:
+        """``serve_worker_metrics`` as a list of URLs."""
+        return [u.strip() for u in self.serve_worker_metrics.split(",") if u.strip()]
 
     @property
     def events_topic(self) -> str:
@@ -164,6 +210,12 @@ class Settings:
     @property
     def recommendations_topic(self) -> str:
         return f"{self.topic_prefix}.recommendations"
+
+    @property
+    def trending_topic(self) -> str:
+        """The global trending list (key ``b"global"``; compacted): what ``freshrec serve`` answers for
+        an unknown user when asked for ``fallback=trending``."""
+        return f"{self.topic_prefix}.trending"
 
     @property
     def state_topic(self) -> str:

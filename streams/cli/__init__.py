@@ -205,9 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_foldin_args(p)
     _add_common(p)
 
-    from streams.cli import archive, broker, demo, erase, replay, tail
+    from streams.cli import archive, broker, demo, erase, replay, serve, tail
 
-    for module in (broker, replay, tail, erase, archive, demo):
+    for module in (broker, replay, tail, erase, archive, serve, demo):
         module.add_parser(sub)
     return parser
 
@@ -358,7 +358,8 @@ def _module_command(name: str) -> Callable[[argparse.Namespace, Settings], int]:
 COMMANDS = {"generate": cmd_generate, "train": cmd_train, "trainer": cmd_trainer, "evaluate": cmd_evaluate, "worker": cmd_worker,
             "broker": _module_command("broker"), "replay": _module_command("replay"),
             "tail": _module_command("tail"), "erase": _module_command("erase"),
-            "archive": _module_command("archive"), "demo": _module_command("demo")}
+            "archive": _module_command("archive"), "serve": _module_command("serve"),
+            "demo": _module_command("demo")}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -21,19 +21,26 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from model_core.als import train_als
 from model_core.config import ALSConfig
 from model_core.events import Event, event_to_json
-from model_core.offline.synth import SynthConfig, generate_events
 from streams.broker import EmbeddedBroker, free_port
-from streams.cli.replay import ReplayStats, replay
 from streams.errors import BrokerUnavailableError, ConfigError
 from streams.kafka import client_config, ensure_topics, produce
 from streams.recommendation_client import RecommendationClient
 from streams.settings import Settings
-from streams.worker.metrics import scrape
+
+if TYPE_CHECKING:  # torch, FAISS and Faust load when the demo runs, not when the CLI parses its flags
+    from model_core.offline.synth import SynthConfig
+    from streams.cli.replay import ReplayStats
+
+
+def scrape(port: int) -> dict[str, float]:
+    """The worker's /metrics as {series: value} (``streams.worker.metrics.scrape``)."""
+    from streams.worker.metrics import scrape as _scrape
+
+    return _scrape(port)
 
 __all__ = ["add_parser", "run", "run_demo"]
 
@@ -70,6 +77,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         raise ConfigError(f"--rate {args.rate} must be > 0")
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="freshrec-demo-"))
     workdir.mkdir(parents=True, exist_ok=True)
+    from model_core.offline.synth import SynthConfig
+
     summary = run_demo(settings, workdir, SynthConfig(users=args.users, items=args.items, events=args.events),
                        train_fraction=args.train_fraction, rate=args.rate, live=not args.quiet)
     print(json.dumps(summary, indent=2))
@@ -94,6 +103,9 @@ def _say(live: bool, text: str) -> None:
 def run_demo(base: Settings, workdir: Path, synth: SynthConfig, *, train_fraction: float = 0.7,
              rate: float = 1000.0, live: bool = True) -> dict[str, Any]:
     """Run the demo in ``workdir``; returns the summary dict."""
+    from model_core.als import train_als
+    from model_core.offline.synth import generate_events
+
     with EmbeddedBroker(log_path=workdir / "broker.log").start() as broker:
         settings = broker.settings(base).with_(partitions=2, web_port=free_port(), model_poll_s=2.0,
                                                data_dir=str(workdir / "worker-data"))
@@ -119,6 +131,7 @@ def run_demo(base: Settings, workdir: Path, synth: SynthConfig, *, train_fractio
             "device": settings.device, "model_dir": workdir / "models", "metrics_interval_s": 5,
             "model_poll_s": 1}.items()})
         worker_log = workdir / "worker.log"
+        serve: subprocess.Popen[bytes] | None = None
         with open(worker_log, "wb") as out:
             worker = subprocess.Popen([sys.executable, "-m", "streams.cli", "worker"], env=env, stdout=out,
                                       stderr=subprocess.STDOUT)
@@ -129,10 +142,21 @@ def run_demo(base: Settings, workdir: Path, synth: SynthConfig, *, train_fractio
                     raise BrokerUnavailableError(f"the worker did not start; see {worker_log}")
                 time.sleep(0.2)
             _say(live, f"[4/5] worker ready (log: {worker_log}; metrics: http://127.0.0.1:{settings.web_port}/metrics)")
+            serve, serve_url = _start_serve(env, settings, workdir / "serve.log")
+            print(f"serve: {serve_url}/ (dashboard), {serve_url}/docs (API); log: {workdir / 'serve.log'}",
+                  file=sys.stderr, flush=True)
             # retrain once a sixth of the replay is applied (the gate needs events the model has not seen)
-            return _stream(settings, replay_log, rate, worker, model.version, live, workdir / "models",
-                           retrain_after=max(1, (len(events) - split) // 6))
+            summary = _stream(settings, replay_log, rate, worker, model.version, live, workdir / "models",
+                              retrain_after=max(1, (len(events) - split) // 6))
+            summary["serve"] = {"url": serve_url, **_measure_serve(serve_url, summary.pop("_users"))}
+            return summary
         finally:
+            if serve is not None and serve.poll() is None:
+                serve.send_signal(signal.SIGTERM)
+                try:
+                    serve.wait(15)
+                except subprocess.TimeoutExpired:
+                    serve.kill()
             if worker.poll() is None:
                 worker.send_signal(signal.SIGTERM)
                 try:
@@ -140,6 +164,58 @@ def run_demo(base: Settings, workdir: Path, synth: SynthConfig, *, train_fractio
                 except subprocess.TimeoutExpired:
                     worker.kill()
             _say(live, f"stopped worker (exit {worker.returncode}) and broker; files in {workdir}")
+
+
+def _start_serve(env: dict[str, str], settings: Settings, log_path: Path,
+                 timeout: float = 60.0) -> tuple[subprocess.Popen[bytes], str]:
+    """``freshrec serve`` on a free port (same broker and topics); returns it and its URL once ready."""
+    import urllib.request
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    with open(log_path, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "serve", "--port", str(port),
+                                 "--worker-metrics", f"http://127.0.0.1:{settings.web_port}/metrics"],
+                                env=env, stdout=out, stderr=subprocess.STDOUT)
+    deadline = time.time() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/ready", timeout=2) as r:
+                if r.status == 200:
+                    return proc, url
+        except OSError:
+            pass
+        if proc.poll() is not None or time.time() > deadline:
+            proc.kill()
+            raise BrokerUnavailableError(f"serve did not get ready; see {log_path}")
+        time.sleep(0.2)
+
+
+def _measure_serve(url: str, users: list[str], requests: int = 300) -> dict[str, Any]:
+    """``requests`` sequential GETs of users' lists over one keep-alive connection: latency p50/p99 (ms)."""
+    import http.client
+    import random
+    from urllib.parse import quote, urlsplit
+
+    if not users:
+        return {"requests": 0, "get_latency_ms": {"p50": None, "p99": None}}
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=10)
+    rng = random.Random(0)
+    times, ok = [], 0
+    try:
+        for _ in range(requests):
+            start = time.perf_counter()
+            conn.request("GET", f"/v1/users/{quote(rng.choice(users), safe='')}/recommendations?k=10")
+            r = conn.getresponse()
+            r.read()
+            times.append((time.perf_counter() - start) * 1000.0)
+            ok += r.status == 200
+    finally:
+        conn.close()
+    times.sort()
+    return {"requests": requests, "ok": ok, "get_latency_ms": {
+        "p50": round(times[len(times) // 2], 2), "p99": round(times[min(len(times) - 1, int(len(times) * 0.99))], 2)}}
 
 
 def _seed_history(settings: Settings, events: list[Event]) -> None:
@@ -179,6 +255,8 @@ def _retrain(settings: Settings, models: Path) -> dict[str, Any]:
 def _stream(settings: Settings, replay_log: Path, rate: float, worker: subprocess.Popen[bytes],
             model_version: str, live: bool, models: Path, retrain_after: int) -> dict[str, Any]:
     from confluent_kafka import Producer
+
+    from streams.cli.replay import replay
 
     stats: dict[str, ReplayStats] = {}
     failure: list[BaseException] = []
@@ -267,4 +345,5 @@ def _stream(settings: Settings, replay_log: Path, rate: float, worker: subproces
         "retrained": {"version": retrained.get("version"), "promoted": retrained.get("promoted"),
                       "why": retrained.get("gate", {}).get("why"), "seconds": retrained.get("seconds")},
         "lists_by_model": by_model,
+        "_users": sorted(client.latest)[:1000],
     }

@@ -86,6 +86,30 @@ def test_recommendation_round_trip(rec: Recommendation) -> None:
     assert json.loads(data)["schema"] == SCHEMA
 
 
+@given(recommendations, st.lists(st.lists(text, max_size=3), min_size=8, max_size=8))
+@settings(max_examples=100)
+def test_recommendation_sources_round_trip(rec: Recommendation, sources: list[list[str]]) -> None:
+    if not rec.items:
+        return
+    rec.sources = sources[: len(rec.items)]
+    assert decode_recommendation(encode_recommendation(rec)) == rec
+
+
+def test_recommendation_sources_are_optional_per_item() -> None:
+    d = valid_rec()
+    assert "sources" not in d["items"][0]  # absent = unknown: what older workers publish
+    assert decode_recommendation(json.dumps(d)).sources is None
+    d["items"][0]["sources"] = ["foldin", "covisit"]
+    assert decode_recommendation(json.dumps(d)).sources == [["foldin", "covisit"], None]
+    for bad in ("foldin", [1], {"a": 1}):
+        d["items"][0]["sources"] = bad
+        with pytest.raises(BadInputError, match="sources"):
+            decode_recommendation(json.dumps(d))
+    d["items"][0] = "not an object"
+    with pytest.raises(BadInputError):
+        decode_recommendation(json.dumps(d))
+
+
 def test_recommendation_scores_are_rounded_to_6_decimals() -> None:
     rec = Recommendation("u", [("i", 0.123456789)], "v", 1, 1, None, None, 1.0)
     assert decode_recommendation(encode_recommendation(rec)).items == [("i", 0.123457)]

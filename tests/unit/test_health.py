@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import time
 
-from streams.settings import load_settings
 from streams.worker.agent import Health
+
+from streams.settings import load_settings
 from streams.worker.userstate import UserStateStore
 
 
