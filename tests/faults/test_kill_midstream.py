@@ -93,13 +93,18 @@ def _dump_stacks(workers: list[WorkerProcess]) -> str:
     return "\n".join(f"--- {w.log.name} (exit {w.proc.poll()}) ---\n{w.log_text()[-12000:]}" for w in workers)
 
 
-@pytest.mark.parametrize("workers, with_ids, how", [
-    (1, False, signal.SIGKILL), (2, False, signal.SIGKILL), (2, True, signal.SIGKILL), (1, False, signal.SIGTERM)],
-    ids=["one-worker-no-ids", "two-workers-no-ids", "two-workers-ids", "one-worker-sigterm"])
-def test_kill_9_while_events_flow_applies_every_event_once(
-    broker: EmbeddedBroker, tmp_path: Path, start_worker: Callable[..., WorkerProcess], workers: int,
-    with_ids: bool, how: signal.Signals,
-) -> None:
+def _no_offset_gaps(tmp_path: Path) -> None:
+    """No worker, live or killed, saw a gap in a partition's offsets (events skipped unapplied)."""
+    gaps = [f"{log.name}: {line}" for log in sorted(tmp_path.glob("*.log"))
+            for line in log.read_text(errors="replace").splitlines() if "offset gap" in line]
+    assert not gaps, "\n".join(gaps)
+
+
+def _run(broker: EmbeddedBroker, tmp_path: Path, start_worker: Callable[..., WorkerProcess], workers: int,
+         with_ids: bool, disrupt: Callable[[random.Random, list[WorkerProcess], Settings, Path],
+                                           list[tuple[float, str]]]) -> None:
+    """Stream events while ``disrupt`` does its worst; then every user's events_applied must equal
+    the events sent to it, and no worker may have seen an offset gap."""
     seed = int(os.environ.get("FRESHREC_FAULT_SEED", random.randrange(1 << 30)))
     rng = random.Random(seed)
     settings, models = _settings(broker, tmp_path), _model(tmp_path)
@@ -107,14 +112,8 @@ def test_kill_9_while_events_flow_applies_every_event_once(
     stop, sent, errors = threading.Event(), {}, []
     producer = threading.Thread(target=_stream, args=(settings, with_ids, stop, sent, errors), daemon=True)
     producer.start()
-    killed = []
     try:
-        for n in range(KILLS):  # every kill lands while events flow: the producer runs until after the last
-            time.sleep(rng.uniform(0.5, 3.0))
-            victim = rng.randrange(len(running))
-            running[victim].stop(how)
-            killed.append((round(time.time(), 2), victim))
-            running[victim] = start_worker(settings, models, f"w{victim}-{n}")
+        done = disrupt(rng, running, settings, models)  # every disruption lands while events flow
         time.sleep(2)
     finally:
         stop.set()
@@ -126,4 +125,73 @@ def test_kill_9_while_events_flow_applies_every_event_once(
     assert not wrong, (
         f"seed {seed}: users with events_applied != events sent: {wrong} "
         f"(lost {sum(max(0, n - (c or 0)) for c, n in wrong.values())}, "
-        f"twice {sum(max(0, (c or 0) - n) for c, n in wrong.values())}); kills {killed}\n{logs}")
+        f"twice {sum(max(0, (c or 0) - n) for c, n in wrong.values())}); disruptions {done}\n{logs}")
+    _no_offset_gaps(tmp_path)
+
+
+def _kills(start_worker: Callable[..., WorkerProcess], how: signal.Signals,
+           kills: int) -> Callable[[random.Random, list[WorkerProcess], Settings, Path], list[tuple[float, str]]]:
+    def disrupt(rng: random.Random, running: list[WorkerProcess], settings: Settings,
+                models: Path) -> list[tuple[float, str]]:
+        done = []
+        for n in range(kills):
+            time.sleep(rng.uniform(0.5, 3.0))
+            victim = rng.randrange(len(running))
+            running[victim].stop(how)
+            done.append((round(time.time(), 2), f"{how.name} w{victim}"))
+            running[victim] = start_worker(settings, models, f"w{victim}-{n}")
+        return done
+    return disrupt
+
+
+@pytest.mark.parametrize("workers, with_ids, how, kills", [
+    (1, False, signal.SIGKILL, KILLS), (2, False, signal.SIGKILL, KILLS), (2, True, signal.SIGKILL, KILLS),
+    (3, False, signal.SIGKILL, KILLS + 1), (1, False, signal.SIGTERM, KILLS), (2, False, signal.SIGTERM, KILLS)],
+    ids=["one-worker-no-ids", "two-workers-no-ids", "two-workers-ids", "three-workers-two-partitions",
+         "one-worker-sigterm", "two-workers-sigterm-batches-in-flight"])
+def test_kill_9_while_events_flow_applies_every_event_once(
+    broker: EmbeddedBroker, tmp_path: Path, start_worker: Callable[..., WorkerProcess], workers: int,
+    with_ids: bool, how: signal.Signals, kills: int,
+) -> None:
+    _run(broker, tmp_path, start_worker, workers, with_ids, _kills(start_worker, how, kills))
+
+
+def test_a_zombie_paused_past_its_session_never_rolls_state_back(
+    broker: EmbeddedBroker, tmp_path: Path, start_worker: Callable[..., WorkerProcess],
+) -> None:
+    """SIGSTOP a worker past the session timeout while events flow: the group gives its partitions
+    to the other worker; resumed, the zombie finishes the batch it held and writes it with its old
+    epoch, and loses its partitions at its next poll."""
+    def disrupt(rng: random.Random, running: list[WorkerProcess], *_: object) -> list[tuple[float, str]]:
+        time.sleep(rng.uniform(6.0, 9.0))  # both own a partition and batches are in flight
+        zombie = running[rng.randrange(2)]
+        zombie.proc.send_signal(signal.SIGSTOP)
+        paused = rng.uniform(9.0, 14.0)  # the embedded profile's session timeout is 6 s
+        time.sleep(paused)
+        zombie.proc.send_signal(signal.SIGCONT)
+        time.sleep(rng.uniform(4.0, 8.0))
+        return [(round(time.time(), 2), f"SIGSTOP {zombie.log.name} for {paused:.1f}s")]
+
+    _run(broker, tmp_path, start_worker, 2, False, disrupt)
+
+
+def test_the_broker_paused_mid_stream_loses_and_doubles_nothing(
+    broker: EmbeddedBroker, tmp_path: Path, start_worker: Callable[..., WorkerProcess],
+) -> None:
+    """The broker stops answering (SIGSTOP) past every session timeout, then comes back: every
+    worker loses its partitions at once, rejoins and recovers. (The embedded broker keeps its data
+    in memory, so a real restart would empty it: this is the outage a restart causes, without the
+    data loss. On Apache Kafka, a restarted broker keeps its log.)"""
+    def disrupt(rng: random.Random, running: list[WorkerProcess], *_: object) -> list[tuple[float, str]]:
+        time.sleep(rng.uniform(6.0, 9.0))
+        assert broker.pid is not None
+        os.kill(broker.pid, signal.SIGSTOP)
+        paused = rng.uniform(7.0, 10.0)
+        try:
+            time.sleep(paused)
+        finally:
+            os.kill(broker.pid, signal.SIGCONT)
+        time.sleep(rng.uniform(6.0, 10.0))
+        return [(round(time.time(), 2), f"broker SIGSTOP for {paused:.1f}s")]
+
+    _run(broker, tmp_path, start_worker, 2, False, disrupt)

@@ -1,0 +1,199 @@
+"""The worker's batch step without a broker: what a failed batch, an erase, a retry and a rebalance
+leave behind (streams.worker.batch, streams.worker.userstate). The broker-side seams (the producer,
+the changelog read) are replaced by spec'd fakes; the model is a real OnlineRecommender."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Collection
+from pathlib import Path
+from typing import Any
+from unittest.mock import MagicMock
+
+import numpy as np
+import pytest
+
+from model_core.als import ALSModel
+from model_core.config import ALSConfig
+from model_core.events import Event, EventType
+from model_core.online import OnlineRecommender
+from model_core.state import UserHistory
+from streams.codec import encode_erase
+from streams.settings import Settings, load_settings
+from streams.worker.batch import BatchFailedError, BatchProcessor
+from streams.worker.health import Health
+from streams.worker.model import ServedModel
+from streams.worker.publisher import Publisher
+from streams.worker.userstate import EPOCH_HEADER, UserStateStore
+
+T0 = 1_700_000_000.0
+
+
+class Msg:
+    """What the batch step reads of a confluent-kafka message."""
+
+    def __init__(self, partition: int, offset: int, key: bytes | None, value: bytes | None,
+                 topic: str = "t.events") -> None:
+        self._p, self._o, self._k, self._v, self._t = partition, offset, key, value, topic
+
+    def partition(self) -> int:
+        return self._p
+
+    def offset(self) -> int:
+        return self._o
+
+    def key(self) -> bytes | None:
+        return self._k
+
+    def value(self) -> bytes | None:
+        return self._v
+
+    def topic(self) -> str:
+        return self._t
+
+    def timestamp(self) -> tuple[int, int]:
+        return (1, int((T0 + 100) * 1000))
+
+
+def view(p: int, offset: int, user: str, item: str, t: float) -> Msg:
+    ev = {"user_id": user, "item_id": item, "type": "view", "time": T0 + t}
+    return Msg(p, offset, user.encode(), json.dumps(ev).encode())
+
+
+def erase(p: int, offset: int, user: str) -> Msg:
+    return Msg(p, offset, user.encode(), encode_erase(user))
+
+
+@pytest.fixture()
+def settings() -> Settings:
+    return load_settings(environ={}).with_(topic_prefix="t", error_retries=1, k=4)
+
+
+@pytest.fixture()
+def served(settings: Settings, tmp_path: Path) -> ServedModel:
+    items = [f"i{j}" for j in range(12)]
+    v = np.random.default_rng(0).normal(size=(12, 4)).astype(np.float32)
+    model = ALSModel(ALSConfig(factors=4), items, v, ["x"], np.ones((1, 4), np.float32))
+    s = ServedModel(settings, tmp_path)
+    s.rec = OnlineRecommender(model, device="cpu")
+    return s
+
+
+def processor(settings: Settings, served: ServedModel) -> tuple[BatchProcessor, Any, UserStateStore]:
+    out = MagicMock(spec_set=Publisher)
+    store = UserStateStore(settings)
+    store._install(0, {}, 5)
+    store._install(1, {}, 6)
+    return BatchProcessor(settings, served, store, out, Health(60.0)), out, store
+
+
+def produced(out: Any, topic: str) -> list[tuple[Any, ...]]:
+    return [c.args for c in out.produce.call_args_list if c.args[0] == topic]
+
+
+def test_a_batch_whose_compute_fails_is_dead_lettered_whole_and_its_erase_still_applies(
+        settings: Settings, served: ServedModel) -> None:
+    proc, out, store = processor(settings, served)
+    store.put(0, "gone", UserHistory("gone").encode())
+    served.rec.trending.sessions.slot_of("gone", T0, 1800.0)  # the user's session-kNN slot
+    learned = served.rec.trending.learn
+    served.rec.plan_step = MagicMock(side_effect=RuntimeError("model broke"))  # type: ignore[method-assign]
+    served.rec.trending.learn = MagicMock(side_effect=learned)  # type: ignore[method-assign]
+    after = proc.process([view(0, 10, "a", "i1", 1), erase(0, 11, "gone"), view(1, 3, "b", "i2", 2)])
+    # the events are dead-lettered with the reason; nothing of them changed any state or model
+    dlq = produced(out, settings.dlq_topic)
+    assert len(dlq) == 2 and all(b"batch failed" in args[2] for args in dlq)
+    assert store.get(0, "a").events_applied == 0 and store.get(1, "b").events_applied == 0
+    served.rec.trending.learn.assert_not_called()
+    # the erase is applied all the same: tombstone list, marker state, the model forgets the user
+    assert (settings.recommendations_topic, b"gone", None, 0) in produced(out, settings.recommendations_topic)
+    marker = store.get(0, "gone")
+    assert marker.entries == {} and marker.position == (0, 11)
+    assert served.rec.trending.sessions.own_slot("gone") == -1
+    assert after is not None  # the marker becomes a tombstone once the erase's offset is committed
+    after()
+    assert (settings.state_topic, b"gone", None, 0, [(EPOCH_HEADER, b"5")]) in produced(out, settings.state_topic)
+
+
+def test_compute_that_fails_once_learns_the_batch_once(settings: Settings, served: ServedModel) -> None:
+    proc, out, _ = processor(settings, served)
+    real = served.rec.plan_step
+    calls = {"plan": 0}
+
+    def flaky(*args: Any, **kwargs: Any) -> Any:
+        calls["plan"] += 1
+        if calls["plan"] == 1:
+            raise RuntimeError("transient")
+        return real(*args, **kwargs)
+
+    served.rec.plan_step = flaky  # type: ignore[method-assign]
+    learn_step = served.rec.learn_step
+    served.rec.learn_step = MagicMock(side_effect=learn_step)  # type: ignore[method-assign]
+    proc.process([view(0, 1, "a", "i1", 1), view(0, 2, "a", "i2", 2)])
+    served.executor.submit(lambda: None).result()  # learning runs on the compute thread
+    assert calls["plan"] == 2 and served.rec.learn_step.call_count == 1
+    assert served.rec.trending.count[served.rec.trending.rows["i2"]] > 0
+    assert proc.metrics.count("retries") == 1 and not produced(out, settings.dlq_topic)
+
+
+def test_a_flush_that_keeps_failing_stops_the_worker_and_dead_letters_nothing(
+        settings: Settings, served: ServedModel) -> None:
+    proc, out, store = processor(settings, served)
+    out.flush.side_effect = ConnectionError("broker away")
+    with pytest.raises(BatchFailedError, match="stopping"):
+        proc.process([view(0, 1, "a", "i1", 1)])
+    assert not produced(out, settings.dlq_topic)
+    assert store.get(0, "a").events_applied == 0  # the store takes a batch only once it is out
+
+
+def test_an_erased_users_earlier_events_read_again_are_not_applied(settings: Settings, served: ServedModel) -> None:
+    proc, out, store = processor(settings, served)
+    proc.process([view(0, 1, "a", "i1", 1), view(0, 2, "a", "i2", 2)])
+    assert proc.process([erase(0, 3, "a")]) is not None
+    # a crash before the commit: the same messages are read again after the restart
+    proc.process([view(0, 1, "a", "i1", 1), view(0, 2, "a", "i2", 2), erase(0, 3, "a")])
+    assert store.get(0, "a").events_applied == 0 and proc.metrics.count("events_duplicate") == 2
+    lists = [a for a in produced(out, settings.recommendations_topic) if a[2] is not None]
+    assert len(lists) == 1  # only the list from before the erase: the erased user is not republished
+
+
+def test_erase_drops_what_the_model_keeps_under_the_users_id(served: ServedModel) -> None:
+    rec = served.rec
+    assert rec is not None
+    h = UserHistory("u")
+    for j, item in enumerate(["i1", "new-item"]):
+        ev = Event("u", item, EventType.VIEW, T0 + j)
+        rec.apply(h, ev)
+        rec.step([ev], {"u": h})
+    assert rec.trending.sessions.own_slot("u") >= 0 and "u" in rec._new_items["new-item"]
+    rec.forget_users(["u"])
+    assert rec.trending.sessions.own_slot("u") == -1 and "u" not in rec._new_items["new-item"]
+    assert not any("u" in seen for seen in rec._new_items.values())
+
+
+class CountingStore(UserStateStore):
+    """``load`` from a dict instead of the changelog, counting the partitions it reads."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        self.read: list[int] = []
+
+    def load(self, partitions: Collection[int]) -> dict[int, tuple[dict[str, bytes], int]]:
+        self.read += sorted(partitions)
+        return {p: ({f"u{p}": b"{}"}, 100 + p) for p in partitions}
+
+
+def test_recovery_reads_only_partitions_new_to_the_worker(settings: Settings) -> None:
+    store = CountingStore(settings)
+    store.recover({0, 1})
+    assert store.read == [0, 1]
+    store.put(0, "kept", b"{}")
+    # cooperative: only the moved partition is revoked; the next assignment adds one
+    store.drop([1])
+    store.recover({0, 2})
+    assert store.read == [0, 1, 2] and store._parts[0]["kept"] == b"{}"
+    # eager: everything is revoked and most of it comes back in the very next assignment
+    store.park([0, 2])
+    store.recover({0, 3})
+    assert store.read == [0, 1, 2, 3] and store._parts[0]["kept"] == b"{}" and not store.loaded(2)
+    assert store.epoch(0) == 100 and store.headers(3) == [(EPOCH_HEADER, b"103")]
