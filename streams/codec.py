@@ -40,6 +40,7 @@ __all__ = [
     "encode_erase",
     "encode_event",
     "encode_recommendation",
+    "encode_trending",
 ]
 
 SCHEMA = 1
@@ -231,6 +232,15 @@ def decode_recommendation(value: bytes | str) -> Recommendation:
 DLQ_ORIGINAL_BYTES = 65536
 """At most this much of the original goes into a dead-letter record: a message of any size
 (up to what the broker took) must fit the producer's 1 MB limit as a DLQ record."""
+
+
+def encode_trending(items: list[tuple[str, float]], model_version: str, published_at: float) -> bytes:
+    """The global trending list (``Settings.trending_topic``, key ``b"global"``)::
+
+        {"items": [{"item_id": "i9", "score": 0.93}, ...], "model_version": "...", "published_at": 1.7e9}
+    """
+    return orjson.dumps({"items": [{"item_id": i, "score": round(float(s), 6)} for i, s in items],
+                         "model_version": model_version, "published_at": published_at})
 
 
 def dlq_record(original: bytes | None, reason: str, *, topic: str, partition: int, offset: int) -> bytes:

@@ -85,6 +85,9 @@ class Settings:
     benchmarks/batch_window.sh) (FRESHREC_BATCH_WITHIN_S)."""
     model_poll_s: float = 5.0
     """How often the worker looks for a newer model version, seconds (FRESHREC_MODEL_POLL_S)."""
+    trending_every_s: float = 10.0
+    """How often a worker publishes the global trending list (what ``freshrec serve`` answers with
+    ``fallback=trending``), seconds (FRESHREC_TRENDING_EVERY_S)."""
     metrics_interval_s: float = 5.0
     """How often the worker logs its metrics line, seconds (FRESHREC_METRICS_INTERVAL_S)."""
     web_port: int = 6066
@@ -155,7 +158,7 @@ class Settings:
                      "compute_threads"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}={getattr(self, name)} must be >= 1 (FRESHREC_{name.upper()})")
-        for name in ("batch_within_s", "model_poll_s", "metrics_interval_s", "health_stall_s", "max_future_s"):
+        for name in ("batch_within_s", "model_poll_s", "trending_every_s", "metrics_interval_s", "health_stall_s", "max_future_s"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name}={getattr(self, name)} must be > 0 (FRESHREC_{name.upper()})")
         self.foldin  # noqa: B018 - validates history_size, half_life_s, position_decay (ConfigError)

@@ -19,13 +19,16 @@ import logging
 import os
 import signal
 import threading
+import time
 from collections.abc import Collection
 from pathlib import Path
+from typing import Any
 
 import faust
 
 from model_core.config import FoldInConfig
-from streams.kafka import ensure_topics
+from streams.codec import encode_trending
+from streams.kafka import client_config, ensure_topics, produce
 from streams.settings import Settings
 from streams.worker.batch import EXIT_FATAL, BatchProcessor, fatal
 from streams.worker.catalog import CATALOG_EVENTS, CatalogListener
@@ -54,6 +57,7 @@ class Worker:
         self.batches = BatchProcessor(settings, self.model, self.store, self.out, self.health)
         self.consumer = EventConsumer(settings, self.batches.process, self, self.metrics)
         self.catalog: CatalogListener | None = None
+        self._trending_out: Any = None
         self._stopping = threading.Event()
 
     # PartitionHooks: the consumer thread, between batches
@@ -67,6 +71,17 @@ class Worker:
             self.store.drop(partitions)  # another worker owns them now
         else:
             self.store.park(partitions)  # eager: kept if the next assignment gives them back
+
+    def publish_trending(self, model_version: str, items: list[tuple[str, float]]) -> None:
+        """The global trending list, for ``freshrec serve``'s fallback (its own producer: a failed
+        delivery of it never fails a batch)."""
+        from confluent_kafka import Producer
+
+        if self._trending_out is None:
+            self._trending_out = Producer(client_config(self.settings, "producer"))
+        produce(self._trending_out, self.settings.trending_topic, encode_trending(items, model_version, time.time()),
+                b"global")
+        self._trending_out.poll(0)
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         """Start the catalog listener and the consumer thread."""

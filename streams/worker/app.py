@@ -79,6 +79,12 @@ def build_app(settings: Settings, worker: Any) -> faust.App:
         metrics.inc("model_swaps")
         log.info("swapped model %s -> %s without a restart", old.model_version, fresh.model_version)
 
+    @app.timer(settings.trending_every_s)
+    async def publish_trending() -> None:
+        version, items = await asyncio.get_running_loop().run_in_executor(model.executor, model.trending, 100)
+        if items:
+            worker.publish_trending(version, items)
+
     @app.timer(settings.metrics_interval_s)
     async def report() -> None:
         metrics.lag = worker.consumer.lag()

@@ -101,6 +101,11 @@ class ServedModel:
         """Learn a planned batch once (compute thread)."""
         rec.learn_step(plan)
 
+    def trending(self, n: int) -> tuple[str, list[tuple[str, float]]]:
+        """(model version, the n most trending available items) (compute thread)."""
+        assert self.rec is not None
+        return self.rec.model_version, self.rec.trending.top(n)
+
     def forget(self, users: Iterable[str]) -> None:
         """Erase: drop what the model keeps under these users' ids (compute thread)."""
         assert self.rec is not None

@@ -58,7 +58,7 @@ def worker(broker: EmbeddedBroker, tmp_path_factory: pytest.TempPathFactory) -> 
     settings = load_settings(environ={}).with_(
         brokers=broker.bootstrap, profile="embedded", topic_prefix=f"w{uuid.uuid4().hex[:8]}", partitions=2,
         web_port=free_port(), group=f"g{uuid.uuid4().hex[:8]}", k=10, model_poll_s=1.0, metrics_interval_s=1.0,
-        data_dir=str(tmp / "data"), batch_within_s=0.05,
+        data_dir=str(tmp / "data"), batch_within_s=0.05, trending_every_s=1.0,
     )
     process = WorkerProcess(settings, models, tmp / "worker.log")
     w = Worker(settings, process, models, version)
@@ -275,3 +275,20 @@ def test_erase_then_new_events_in_one_batch_keeps_the_new_history(worker: Worker
         rec = client.latest.get(user)
     assert rec is not None and user not in client.erased
     assert rec.events_applied == 1 and rec.last_event_id == f"{user}-20"
+
+
+def test_the_worker_publishes_the_trending_list_serve_falls_back_to(worker: Worker) -> None:
+    from streams.reader import TopicReader
+    from streams.serve.store import decode_trending
+
+    s = worker.settings
+    produce(s, [view("trend-user", "i3", 1), view("trend-user", "i4", 2)])
+    wait_for_list(s, "trend-user", applied=2)
+    deadline = time.time() + 20
+    got = None
+    while got is None or not got.item_ids:
+        assert time.time() < deadline, "no trending list published"
+        with TopicReader(s, s.trending_topic, until="end", idle_s=1.5, timeout_s=20) as reader:
+            values = [r.value for r in reader if r.key == b"global" and r.value]
+        got = decode_trending(values[-1]) if values else None
+    assert got.model_version and set(got.item_ids) >= {"i3", "i4"}
