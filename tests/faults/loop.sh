@@ -13,8 +13,9 @@ py="${PYTHON:-.venv/bin/python}"
 out=runs/faults; mkdir -p "$out"
 loader=""
 if [ "$load" = "--load" ]; then
-    log="${FRESHREC_LOAD_LOG:-../shared/data/yoochoose-sample}"
-    ( while true; do "$py" -m streams.cli evaluate --log "$log" --models incremental,vsknn --quiet \
+    data=../shared/data/yoochoose-sample
+    ( while true; do "$py" -m streams.cli evaluate --models incremental,vsknn --quiet \
+        --log "$data/yoochoose-clicks-100k_train_full.txt" --log "$data/yoochoose-clicks-100k_test.txt" \
         > "$out/load.txt" 2>&1; done ) &
     loader=$!
     trap 'kill $loader 2>/dev/null; pkill -P $loader 2>/dev/null' EXIT
