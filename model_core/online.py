@@ -37,10 +37,10 @@ from model_core.events import Event
 from model_core.foldin import FoldIn
 from model_core.index import IndexConfig, ItemIndex
 from model_core.reco import BaseRecommender, Ranked
-from model_core.signals import Candidates, SignalsConfig, StreamSignals
+from model_core.signals import FEATURES, Candidates, SignalsConfig, StreamSignals
 from model_core.state import UserHistory
 
-__all__ = ["OnlineRecommender", "Recommendation", "ServedRecommender", "Step"]
+__all__ = ["SOURCES", "OnlineRecommender", "Recommendation", "ServedRecommender", "Step"]
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +60,14 @@ class Step:
     events: Sequence[Event]
     histories: Mapping[str, UserHistory]
     by_user: Mapping[str, list[Event]]
+    sources: list[list[tuple[str, ...]]]  # per list and item, the sources that proposed it (``SOURCES``)
+
+
+SOURCES = ("sr", "covisit", "knn", "foldin", "trending", "category")
+"""Candidate sources, as named in ``Step.sources`` (and in published lists)."""
+_SOURCE_FEATURES = tuple(zip(SOURCES, ("sr_rank", "covisit_rank", "knn_rank", "fold_hit", "trend_rank",
+                                       "category_rank")))
+_FEATURE_INDEX = {name: i for i, name in enumerate(FEATURES)}
 
 
 class OnlineRecommender:
@@ -178,10 +186,11 @@ class OnlineRecommender:
         cand, _ = self._candidates(pseudo + hs, [h.exclude() for h in pseudo] + exclude)
         n = len(pseudo)
         mine = cand.user >= n
-        lists = self._rank(Candidates(cand.user[mine] - n, cand.row[mine], cand.x[mine]), hs, exclude, k)
+        sources: list[list[tuple[str, ...]]] = []
+        lists = self._rank(Candidates(cand.user[mine] - n, cand.row[mine], cand.x[mine]), hs, exclude, k, sources)
         train = ~mine
         examples = Candidates(cand.user[train], cand.row[train], cand.x[train]) if n else None
-        return Step(lists, examples, targets, events, histories, by_user)
+        return Step(lists, examples, targets, events, histories, by_user, sources)
 
     def learn_step(self, plan: Step) -> None:
         """Learn what ``plan_step`` planned: the ranker on its examples, then the batch's global side."""
@@ -431,8 +440,12 @@ class OnlineRecommender:
         return self._rank(cand, histories, exclude, k)
 
     def _rank(self, cand: Candidates, histories: Sequence[UserHistory], exclude: Sequence[Collection[str]],
-              k: int) -> list[Recommendation]:
-        """Score and cut each user's candidates; top up short lists with trending items."""
+              k: int, sources: list[list[tuple[str, ...]]] | None = None) -> list[Recommendation]:
+        """Score and cut each user's candidates; top up short lists with trending items.
+
+        ``sources``, when given, receives per user and item the candidate sources that proposed
+        the item (``SOURCES`` names; a top-up item is ``("trending",)``).
+        """
         sig = self.trending
         v = max(1, len(sig.ids))
         get = sig.rows.get
@@ -450,10 +463,20 @@ class OnlineRecommender:
         ids = sig.ids
         for b, r, s in zip(user[top].tolist(), row[top].tolist(), score[top].tolist()):
             out[b].append((ids[r], s))
+        if sources is not None:
+            x = cand.x[keep][order][top]
+            flags = np.stack([x[:, _FEATURE_INDEX[f]] > 0 for _, f in _SOURCE_FEATURES], axis=1)
+            names = [tuple(n for (n, _), on in zip(_SOURCE_FEATURES, fl) if on) for fl in flags.tolist()]
+            sources[:] = [[] for _ in histories]
+            for b, srcs in zip(user[top].tolist(), names):
+                sources[b].append(srcs)
         for b, lst in enumerate(out):
             if len(lst) < k:
                 have = set(exclude[b]).union(i for i, _ in lst).union(self.unavailable)
-                lst.extend(sig.top(k - len(lst), have))
+                extra = sig.top(k - len(lst), have)
+                lst.extend(extra)
+                if sources is not None:
+                    sources[b].extend(("trending",) for _ in extra)
         return out
 
 

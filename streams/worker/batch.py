@@ -119,7 +119,7 @@ class BatchProcessor:
                 self.dead_letter(valid, dead, work, exc)
                 return self._after_erase(work)
         assert rec is not None
-        self.publish(work, rec, plan.lists if plan else [], dead)
+        self.publish(work, rec, plan.lists if plan else [], dead, plan.sources if plan else None)
         if plan is not None:
             self.learn(rec, plan)
         self.account(work, rec)
@@ -175,7 +175,7 @@ class BatchProcessor:
         return result
 
     def publish(self, work: Applied, rec: OnlineRecommender, lists: list[list[tuple[str, float]]],
-                dead: list[tuple[Any, str]]) -> None:
+                dead: list[tuple[Any, str]], sources: list[list[tuple[str, ...]]] | None = None) -> None:
         """Lists, state and dead letters, flushed (retried; still failing stops the worker)."""
         if not (work.touched or work.erased or dead):
             return
@@ -190,10 +190,12 @@ class BatchProcessor:
                 out.produce(s.recommendations_topic, user.encode(), None, p)
                 out.produce(s.state_topic, user.encode(), UserHistory(user, position=(p, offset)).encode(), p,
                             store.headers(p))
-            for (user, h), items in zip(work.touched.items(), lists):
+            for n, ((user, h), items) in enumerate(zip(work.touched.items(), lists)):
                 p = work.partition_of[user]
+                why = [list(s) for s in sources[n]] if sources else None
                 rec_out = Recommendation(user, items, rec.model_version, rec.index_version, h.events_applied,
-                                         h.last_event_id, h.last_event_time, now, work.arrived[user])
+                                         h.last_event_id, h.last_event_time, now, work.arrived[user],
+                                         sources=why)  # type: ignore[arg-type]
                 out.produce(s.recommendations_topic, user.encode(), encode_recommendation(rec_out), p)
                 out.produce(s.state_topic, user.encode(), h.encode(), p, store.headers(p))
             out.flush()  # state, lists and dead letters are on the broker before the events are committed

@@ -197,3 +197,16 @@ def test_recovery_reads_only_partitions_new_to_the_worker(settings: Settings) ->
     store.recover({0, 3})
     assert store.read == [0, 1, 2, 3] and store._parts[0]["kept"] == b"{}" and not store.loaded(2)
     assert store.epoch(0) == 100 and store.headers(3) == [(EPOCH_HEADER, b"103")]
+
+
+def test_each_published_item_says_which_sources_proposed_it(settings: Settings, served: ServedModel) -> None:
+    from model_core.online import SOURCES
+    from streams.codec import decode_recommendation
+
+    proc, out, _ = processor(settings, served)
+    proc.process([view(0, j, "a", f"i{j}", j) for j in range(1, 4)])
+    [args] = [a for a in produced(out, settings.recommendations_topic) if a[2] is not None]
+    rec = decode_recommendation(args[2])
+    assert rec.sources is not None and len(rec.sources) == len(rec.items) == settings.k
+    assert all(s and set(s) <= set(SOURCES) for s in rec.sources)
+    assert any("foldin" in s for s in rec.sources)  # a user with known items: the fold-in proposes
