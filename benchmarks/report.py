@@ -101,12 +101,12 @@ CEILING_OF = {"EventConsumer": "consumer", None: "Faust app"}
 
 
 def e2e() -> str:
-    """Rows: e2e_throughput*.json (the current code), e2e_before_consumer*.json (the Faust-based
-    worker the consumer replaced), then the other e2e_before*.json (the landed main of the first
-    hot-path work)."""
-    consumer = sorted(RESULTS.glob("e2e_before_consumer*.json"))
-    files = (sorted(RESULTS.glob("e2e_throughput*.json")) + consumer
-             + [p for p in sorted(RESULTS.glob("e2e_before*.json")) if p not in consumer])
+    """Rows: e2e_throughput-*.json (the current code), e2e_before_consumer*.json (the Faust-based
+    worker the consumer replaced, run alternately with it), the other e2e_throughput*.json (earlier
+    stops), then the other e2e_before*.json (the landed main of the first hot-path work)."""
+    files: list[Path] = []
+    for pattern in ("e2e_throughput-*.json", "e2e_before_consumer*.json", "e2e_throughput*.json", "e2e_before*.json"):
+        files += [p for p in sorted(RESULTS.glob(pattern)) if p not in files]
     runs = [json.loads(p.read_text()) for p in files]
     runs = [r for r in runs if r.get("worker_ev_s")]
     if not runs:
