@@ -1,15 +1,17 @@
-"""The model's own ceiling: a worker's compute on the backlog, without Kafka or Faust.
+"""The model's own ceiling: a worker's compute on the backlog, without Kafka.
 
     FRESHREC_...=... python -m benchmarks._model_only EVENTS_JSONL OUT_JSON
 
 Loads the served model from ``FRESHREC_MODEL_DIR`` exactly as a worker does
-(``streams.worker.WorkerState``: fold-in settings, index kind, device, the compute
+(``streams.worker.ServedModel``: fold-in settings, index kind, device; the compute
 thread's BLAS/OpenMP limit), then runs the events through it in micro-batches of
-``FRESHREC_BATCH_SIZE``: each event applied to its user's history, then
-``WorkerState.compute`` for the batch (learning, candidates, ranker, lists), all in
-one thread. Writes ``{"ev_s", "seconds", "events", "batches"}`` (events/s over all the
-batches, model loading not counted) to OUT_JSON. Started by ``benchmarks/e2e_throughput.py``:
-a worker can drain no faster than this, whatever its stream does.
+``FRESHREC_BATCH_SIZE``, as ``streams.worker.batch.BatchProcessor`` does after
+decoding: each event applied to its user's ``UserHistory`` with a (partition, offset)
+position (``apply``), then ``ServedModel.plan`` (the touched users' lists) and
+``ServedModel.learn`` (the batch learned) for the batch, all in one thread. Writes
+``{"ev_s", "seconds", "events", "batches"}`` (events/s over all the batches, model
+loading not counted) to OUT_JSON. Started by ``benchmarks/e2e_throughput.py``: a worker
+can drain no faster than this, whatever its stream does.
 """
 
 from __future__ import annotations
@@ -21,17 +23,18 @@ from pathlib import Path
 
 
 def main(argv: list[str]) -> int:
-    from model_core.events import event_from_json
+    from model_core.events import Event, event_from_json
     from model_core.state import UserHistory
     from streams.settings import load_settings
-    from streams.worker import WorkerState, _limit_compute_threads
+    from streams.worker import _limit_compute_threads
+    from streams.worker.model import ServedModel
 
     events_path, out_path = argv
     settings = load_settings()
     _limit_compute_threads(settings.compute_threads)
-    state = WorkerState(settings, Path(settings.model_dir))
-    state.load_initial()
-    rec = state.rec
+    model = ServedModel(settings, Path(settings.model_dir), settings.foldin)
+    model.load_initial()
+    rec = model.rec
     assert rec is not None
     with open(events_path) as f:
         events = [event_from_json(line) for line in f if line.strip()]
@@ -41,17 +44,19 @@ def main(argv: list[str]) -> int:
     for start in range(0, len(events), n):
         batch = events[start:start + n]
         touched: dict[str, UserHistory] = {}
-        applied = []
-        for ev in batch:
+        applied: list[Event] = []
+        for offset, ev in enumerate(batch, start):
             h = histories.get(ev.user_id) or histories.setdefault(ev.user_id, UserHistory(ev.user_id))
-            if rec.apply(h, ev):
+            if rec.apply(h, ev, (0, offset)):  # one log: the event's index is its offset
                 touched[ev.user_id] = h
                 applied.append(ev)
         if touched:
-            state.compute(applied, touched)
+            served, plan = model.plan(applied, touched)
+            model.learn(served, plan)
     seconds = time.perf_counter() - t0
     Path(out_path).write_text(json.dumps({"ev_s": round(len(events) / seconds, 1), "seconds": round(seconds, 2),
                                           "events": len(events), "batches": -(-len(events) // n)}))
+    model.executor.shutdown(wait=False)
     return 0
 
 

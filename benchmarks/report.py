@@ -95,21 +95,31 @@ def speed() -> str:
     return "\n".join(out)
 
 
+CEILING_OF = {"EventConsumer": "consumer", None: "Faust app"}
+"""``ceiling_of`` in a result -> the table's word: the worker's own librdkafka consumer with a counting
+``process``, or (results before it, no key) an agent in a Faust app that only took batches."""
+
+
 def e2e() -> str:
-    """Rows: e2e_throughput*.json (the current code), then e2e_before*.json (the landed main it improved)."""
-    files = sorted(RESULTS.glob("e2e_throughput*.json")) + sorted(RESULTS.glob("e2e_before*.json"))
+    """Rows: e2e_throughput-*.json (the current code), e2e_before_consumer*.json (the Faust-based
+    worker the consumer replaced, run alternately with it), the other e2e_throughput*.json (earlier
+    stops), then the other e2e_before*.json (the landed main of the first hot-path work)."""
+    files: list[Path] = []
+    for pattern in ("e2e_throughput-*.json", "e2e_before_consumer*.json", "e2e_throughput*.json", "e2e_before*.json"):
+        files += [p for p in sorted(RESULTS.glob(pattern)) if p not in files]
     runs = [json.loads(p.read_text()) for p in files]
     runs = [r for r in runs if r.get("worker_ev_s")]
     if not runs:
         return ""
-    out = ["| commit | workers | ceiling ev/s | plain Faust agent ev/s | model alone ev/s | workers ev/s | ratio | "
-           "freshness p50 / p99 ms | peak RSS MB | changelog bytes/user | load avg |",
-           "|---|---|---|---|---|---|---|---|---|---|---|"]
+    out = ["| commit | workers | ceiling of | ceiling ev/s | plain Faust agent ev/s | model alone ev/s | workers ev/s "
+           "| ratio | freshness p50 / p99 ms | peak RSS MB | changelog bytes/user | load avg |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in runs:  # load avg: 1-min load average when the run started (others share the CPUs)
         f = r["freshness_ms"]
         stock = r.get("faust_stock_ceiling_ev_s")
         alone = r.get("model_only_ev_s")
-        out.append(f"| {(r.get('git_commit') or '?')[:7]} | {r['workers']} | {r['ceiling_ev_s']:,.0f} | "
+        out.append(f"| {(r.get('git_commit') or '?')[:7]} | {r['workers']} | "
+                   f"{CEILING_OF.get(r.get('ceiling_of'), r.get('ceiling_of'))} | {r['ceiling_ev_s']:,.0f} | "
                    f"{f'{stock:,.0f}' if stock else '–'} | {f'{alone:,.0f}' if alone else '–'} | "
                    f"{r['worker_ev_s']:,.0f} | {r['ratio']:.3f} | "
                    f"{f['p50']:,.0f} / {f['p99']:,.0f} | {' + '.join(f'{m:.0f}' for m in r['rss_mb'])} | "
