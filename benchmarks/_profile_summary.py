@@ -40,24 +40,26 @@ def _parse(frame: str) -> tuple[str, str]:
 STEPS: list[tuple[str, tuple[str, ...]]] = [
     ("compute: exact index search (model_core/index)", ("model_core/index/",)),
     ("compute: fold-in solve (model_core/foldin.py)", ("model_core/foldin.py",)),
-    ("compute: other (observe, trending, padding)", ("model_core/online.py", "WorkerState.compute")),
+    ("compute: other (candidates, ranker, learning, padding)", ("model_core/online.py", "model_core/signals.py",
+                                                                "ServedModel.plan", "ServedModel.learn")),
     ("publish: encode lists (encode_recommendation)", ("encode_recommendation",)),
     ("publish: encode user state (UserHistory.encode)", ("UserHistory.encode",)),
     ("decode + validate messages (streams/codec.py)", ("decode_message", "event_from_dict")),
     ("user state: load / apply (model_core/state, streams/userstate)", ("model_core/state.py", "streams/worker/userstate.py")),
-    ("Kafka client (aiokafka: produce requests, sockets, fetch)", ("aiokafka/",)),
+    ("Kafka client (librdkafka consume, produce, flush, commit)", ("streams/worker/consumer.py", "streams/worker/publisher.py",
+                                                                   "confluent_kafka/", "aiokafka/")),
     ("Faust send path (Topic.send, producer buffer)", ("Topic.send", "Topic.publish_message", "Channel._send_now",
                                                        "faust/transport/producer", "Producer.send (faust")),
     ("web: /metrics scrapes (aiohttp)", ("aiohttp/", "faust/web/")),
-    ("agent: EventAgent.process own code", ("streams/worker/agent.py",)),
+    ("batch step own code (BatchProcessor)", ("streams/worker/batch.py",)),
     ("Faust/mode consume + stream machinery", ("faust/", "mode/")),
     ("benchmark ceiling agent own code (count)", ("_ceiling_agent.py",)),
 ]
 _NOISE = ("asyncio/", "threading.py", "concurrent/futures/", "<frozen", "selectors.py", "mode/worker.py",
-          "streams/cli.py", "run_worker (", "main (_ceiling_agent", "<module> (_ceiling_agent")
+          "streams/cli/", "run_worker (", "main (_ceiling_agent", "<module> (_ceiling_agent")
 
 
-_ENTRY = ("mode/worker.py", "streams/cli.py", "run_worker (", "main (", "<module> (", "_run_code (",
+_ENTRY = ("mode/worker.py", "streams/cli/", "run_worker (", "main (", "<module> (", "_run_code (",
           "_run_module_as_main (")
 
 
