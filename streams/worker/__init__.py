@@ -61,12 +61,13 @@ class Worker:
         self._stopping = threading.Event()
 
     # PartitionHooks: the consumer thread, between batches
+    # (``health.assigned`` is replaced, never changed in place: /ready reads it on the event loop)
     def assigned(self, partitions: Collection[int]) -> None:
-        self.health.assigned.update(partitions)
-        self.store.recover(set(self.health.assigned))
+        self.health.assigned = self.health.assigned | set(partitions)
+        self.store.recover(self.health.assigned)
 
     def revoked(self, partitions: Collection[int], lost: bool) -> None:
-        self.health.assigned.difference_update(partitions)
+        self.health.assigned = self.health.assigned - set(partitions)
         if lost or self.consumer.cooperative:
             self.store.drop(partitions)  # another worker owns them now
         else:
@@ -103,7 +104,8 @@ class Worker:
             fatal("the events consumer stopped by itself")
 
     def stop(self) -> None:
-        """Finish the batch in hand, commit, leave the group; then stop the other threads."""
+        """Finish the batch in hand and commit it, close the consumer (it leaves the group, except on
+        the embedded broker: ``EventConsumer.leave_on_close``); then stop the other threads."""
         self._stopping.set()
         self.consumer.stop()
         if not self.consumer.stopped.wait(60):
