@@ -52,8 +52,7 @@ def fault_settings(bootstrap: str, tmp_path: Path, prefix: str) -> Settings:
     return load_settings(environ={}).with_(
         brokers=bootstrap, profile="embedded", topic_prefix=f"{prefix}{uuid.uuid4().hex[:8]}", partitions=2,
         web_port=0, group=f"g{uuid.uuid4().hex[:8]}", k=5, metrics_interval_s=1.0, data_dir=str(tmp_path / "d"),
-        kafka_debug=os.environ.get("FRESHREC_TEST_KAFKA_DEBUG", ""),
-        assignment=os.environ.get("FRESHREC_TEST_ASSIGNMENT", "cooperative-sticky"))
+        kafka_debug=os.environ.get("FRESHREC_TEST_KAFKA_DEBUG", ""))
 
 
 def small_model(tmp_path: Path) -> Path:

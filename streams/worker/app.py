@@ -31,10 +31,10 @@ class _NoKafka(BootStrategy):
     enable_kafka = False  # no Faust consumer or producer: no group join, no leader topic
 
 
-def make_app(settings: Settings, app_id: str | None = None) -> faust.App:
+def make_app(settings: Settings) -> faust.App:
     """A Faust app with a web server and timers, and no Kafka clients of its own."""
     app = faust.App(
-        app_id or f"{settings.group}-app",
+        f"{settings.group}-app",
         broker=f"kafka://{settings.brokers.split(',')[0].strip()}",  # never connected: no Kafka boot
         store="memory://",
         datadir=settings.data_dir,

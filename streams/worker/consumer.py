@@ -102,7 +102,6 @@ class EventConsumer:
         self._stop = threading.Event()
         self.stopped = threading.Event()
         self.error: BaseException | None = None
-        self.polled_at = time.monotonic()
         self._lag: int | None = None
         self._lag_at = 0.0
 
@@ -191,10 +190,9 @@ class EventConsumer:
         """One micro-batch: up to ``batch_size`` messages, within ``batch_within_s`` of the first."""
         s = self.settings
         batch = [m for m in self._consumer.consume(1, 0.5) if not is_error(m, self.topic)]
-        self.polled_at = time.monotonic()
         self._touched.clear()  # a callback in that call ran before its message was fetched
         if batch:
-            deadline = self.polled_at + s.batch_within_s
+            deadline = time.monotonic() + s.batch_within_s
             while len(batch) < s.batch_size and (left := deadline - time.monotonic()) > 0:
                 got = self._consumer.consume(s.batch_size - len(batch), left)
                 if self._touched:  # a rebalance ran: what was taken for those partitions is re-read
@@ -212,7 +210,7 @@ class EventConsumer:
         for m in batch:
             p, offset = m.partition(), m.offset()
             expected = self._next.get(p)
-            self._next[p] = offset + 1
+            self._next[p] = max(offset + 1, expected or 0)
             if expected is None or offset == expected:
                 continue
             if offset < expected:  # cannot happen without a seek; never applied twice anyway (state offsets)

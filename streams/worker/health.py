@@ -17,7 +17,6 @@ class Health:
         self.consuming = False
         self.model_loaded = False
         self.assigned: set[int] = set()
-        self.recovering: set[int] = set()
         self.last_progress = time.monotonic()
 
     def progress(self) -> None:
