@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -166,7 +167,7 @@ class Recommendation:
     published_at: float
     last_event_at: float | None = None
     schema: int = SCHEMA
-    sources: list[list[str] | None] | None = None
+    sources: Sequence[Sequence[str] | None] | None = None
     """Per item (same order as ``items``), the candidate sources that put it there; None for
     the whole list, or for one item, when the message does not say."""
 
@@ -175,7 +176,7 @@ class Recommendation:
         return [i for i, _ in self.items]
 
 
-def _item_json(item_id: str, score: float, sources: list[str] | None) -> dict[str, Any]:
+def _item_json(item_id: str, score: float, sources: Sequence[str] | None) -> dict[str, Any]:
     d: dict[str, Any] = {"item_id": item_id, "score": round(float(score), 6)}
     if sources is not None:
         d["sources"] = list(sources)

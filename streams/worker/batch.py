@@ -92,6 +92,24 @@ class Applied:
     events: list[Event] = field(default_factory=list)  # the events applied, in order
     arrived: dict[str, float] = field(default_factory=dict)  # user -> broker time of the newest event applied
     arrivals: list[float] = field(default_factory=list)  # broker time of every event applied
+    state: dict[str, tuple[int, bytes]] = field(default_factory=dict)  # user -> (partition, state record)
+
+    def seal(self) -> Applied:
+        """Encode each user's final state record once (an erased user's keeps the erase's offset)."""
+        for user, (p, offset) in self.erased.items():
+            self.state[user] = (p, _erased(user, p, offset))
+        for user, h in self.touched.items():
+            self.state[user] = (self.partition_of[user], h.encode())
+        return self
+
+    def erasures(self) -> Applied:
+        """The batch's erasures alone (what a batch whose compute failed still applies)."""
+        return Applied(erased=dict(self.erased), state={u: (p, _erased(u, p, o)) for u, (p, o) in self.erased.items()})
+
+
+def _erased(user: str, partition: int, offset: int) -> bytes:
+    """An erased user's state record: empty, keeping the erase's offset (earlier events stay applied)."""
+    return UserHistory(user, position=(partition, offset)).encode()
 
 
 class BatchProcessor:
@@ -165,7 +183,7 @@ class BatchProcessor:
                 work.arrived[user] = t
             else:
                 self.metrics.inc("events_duplicate")
-        return work
+        return work.seal()
 
     def compute(self, work: Applied) -> tuple[OnlineRecommender, Step]:
         """The touched users' lists on the compute thread (retried; learns nothing)."""
@@ -186,18 +204,16 @@ class BatchProcessor:
         def send() -> None:
             self.to_dlq(dead)
             # erasures first: a user erased and then active again in this batch ends with the new state
-            for user, (p, offset) in work.erased.items():
+            for user, (p, _) in work.erased.items():
                 out.produce(s.recommendations_topic, user.encode(), None, p)
-                out.produce(s.state_topic, user.encode(), UserHistory(user, position=(p, offset)).encode(), p,
-                            store.headers(p))
             for n, ((user, h), items) in enumerate(zip(work.touched.items(), lists)):
-                p = work.partition_of[user]
-                why = [list(s) for s in sources[n]] if sources else None
                 rec_out = Recommendation(user, items, rec.model_version, rec.index_version, h.events_applied,
                                          h.last_event_id, h.last_event_time, now, work.arrived[user],
-                                         sources=why)  # type: ignore[arg-type]
-                out.produce(s.recommendations_topic, user.encode(), encode_recommendation(rec_out), p)
-                out.produce(s.state_topic, user.encode(), h.encode(), p, store.headers(p))
+                                         sources=sources[n] if sources else None)
+                out.produce(s.recommendations_topic, user.encode(), encode_recommendation(rec_out),
+                            work.partition_of[user])
+            for user, (p, value) in work.state.items():
+                out.produce(s.state_topic, user.encode(), value, p, store.headers(p))
             out.flush()  # state, lists and dead letters are on the broker before the events are committed
 
         try:
@@ -224,11 +240,10 @@ class BatchProcessor:
     def account(self, work: Applied, rec: OnlineRecommender) -> None:
         """The batch is out: the store takes its state, and the metrics its counts."""
         store, metrics = self.store, self.metrics
-        for user, (p, offset) in work.erased.items():
-            store.put(p, user, UserHistory(user, position=(p, offset)).encode())
+        for user, (p, value) in work.state.items():
+            store.put(p, user, value)
+        for user, (p, _) in work.erased.items():
             log.info("erased user %r (partition %d)", user, p)
-        for user, h in work.touched.items():
-            store.put(work.partition_of[user], user, h.encode())
         metrics.inc("events_applied", len(work.events))
         metrics.inc("lists_out", len(work.touched))
         metrics.inc("users_erased", len(work.erased))
@@ -244,8 +259,10 @@ class BatchProcessor:
         self.metrics.inc("batches_failed")
         log.error("dead-lettering a batch of %d events (its erase commands are still applied): %s",
                   len(events), exc)
-        self.publish(Applied(erased=work.erased), self.model.rec, [], events + dead)  # type: ignore[arg-type]
-        self.account(Applied(erased=work.erased), self.model.rec)  # type: ignore[arg-type]
+        erasures = work.erasures()
+        assert self.model.rec is not None
+        self.publish(erasures, self.model.rec, [], events + dead)
+        self.account(erasures, self.model.rec)
 
     def to_dlq(self, dead: list[tuple[Any, str]]) -> None:
         """Queue dead-letter records (delivered with the batch's flush)."""
