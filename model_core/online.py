@@ -186,11 +186,11 @@ class OnlineRecommender:
         cand, _ = self._candidates(pseudo + hs, [h.exclude() for h in pseudo] + exclude)
         n = len(pseudo)
         mine = cand.user >= n
-        sources: list[list[tuple[str, ...]]] = []
-        lists = self._rank(Candidates(cand.user[mine] - n, cand.row[mine], cand.x[mine]), hs, exclude, k, sources)
+        lists, sources = self._rank(Candidates(cand.user[mine] - n, cand.row[mine], cand.x[mine]), hs, exclude, k,
+                                    with_sources=True)
         train = ~mine
         examples = Candidates(cand.user[train], cand.row[train], cand.x[train]) if n else None
-        return Step(lists, examples, targets, events, histories, by_user, sources)
+        return Step(lists, examples, targets, events, histories, by_user, sources or [])
 
     def learn_step(self, plan: Step) -> None:
         """Learn what ``plan_step`` planned: the ranker on its examples, then the batch's global side."""
@@ -437,14 +437,15 @@ class OnlineRecommender:
         if exclude is None:
             exclude = [h.exclude() for h in histories]
         cand, _ = self._candidates(histories, exclude)
-        return self._rank(cand, histories, exclude, k)
+        return self._rank(cand, histories, exclude, k)[0]
 
     def _rank(self, cand: Candidates, histories: Sequence[UserHistory], exclude: Sequence[Collection[str]],
-              k: int, sources: list[list[tuple[str, ...]]] | None = None) -> list[Recommendation]:
+              k: int, *, with_sources: bool = False
+              ) -> tuple[list[Recommendation], list[list[tuple[str, ...]]] | None]:
         """Score and cut each user's candidates; top up short lists with trending items.
 
-        ``sources``, when given, receives per user and item the candidate sources that proposed
-        the item (``SOURCES`` names; a top-up item is ``("trending",)``).
+        With ``with_sources``, also per user and item the candidate sources that proposed the
+        item (``SOURCES`` names; a top-up item is ``("trending",)``); else None.
         """
         sig = self.trending
         v = max(1, len(sig.ids))
@@ -463,11 +464,12 @@ class OnlineRecommender:
         ids = sig.ids
         for b, r, s in zip(user[top].tolist(), row[top].tolist(), score[top].tolist()):
             out[b].append((ids[r], s))
-        if sources is not None:
+        sources: list[list[tuple[str, ...]]] | None = None
+        if with_sources:
             x = cand.x[keep][order][top]
             flags = np.stack([x[:, _FEATURE_INDEX[f]] > 0 for _, f in _SOURCE_FEATURES], axis=1)
             names = [tuple(n for (n, _), on in zip(_SOURCE_FEATURES, fl) if on) for fl in flags.tolist()]
-            sources[:] = [[] for _ in histories]
+            sources = [[] for _ in histories]
             for b, srcs in zip(user[top].tolist(), names):
                 sources[b].append(srcs)
         for b, lst in enumerate(out):
@@ -477,7 +479,7 @@ class OnlineRecommender:
                 lst.extend(extra)
                 if sources is not None:
                     sources[b].extend(("trending",) for _ in extra)
-        return out
+        return out, sources
 
 
 class ServedRecommender(BaseRecommender):
