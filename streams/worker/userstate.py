@@ -167,22 +167,21 @@ class UserStateStore:
                     if have is None or epoch >= have[0]:
                         best[r.partition][user] = (epoch, r.value)
             epochs = dict(reader.markers)
-        producer = Producer(client_config(self.settings, "producer", **{"enable.idempotence": False}))
+        repairs: list[tuple[int, str, bytes | None]] = []
         out: dict[int, tuple[dict[str, bytes], int]] = {}
-        repaired = 0
         for p in parts:
-            header = [(EPOCH_HEADER, str(epochs[p]).encode())]
-            for user, (epoch, value) in best[p].items():
-                if last[p][user] < epoch:  # a zombie's write landed after the winner: write it again
-                    producer.produce(self.topic, key=user.encode(), value=value, partition=p,
-                                     headers=header)  # type: ignore[arg-type]
-                    repaired += 1
+            # a zombie's write landed after the winner: write the winner again, under the new epoch
+            repairs += [(p, user, value) for user, (epoch, value) in best[p].items() if last[p][user] < epoch]
             out[p] = ({u: v for u, (_, v) in best[p].items() if v is not None}, epochs[p])
-        if repaired:
+        if repairs:
+            producer = Producer(client_config(self.settings, "producer", **{"enable.idempotence": False}))
+            for p, user, value in repairs:
+                producer.produce(self.topic, key=user.encode(), value=value, partition=p,
+                                 headers=[(EPOCH_HEADER, str(epochs[p]).encode())])
             if producer.flush(self.timeout_s) != 0:
                 raise BrokerUnavailableError(f"cannot write to {self.topic} to repair partitions {parts}")
             log.warning("recovery of %s %s: %d users had a stale (zombie) record after their newest one; "
-                        "rewrote the newest", self.topic, parts, repaired)
+                        "rewrote the newest", self.topic, parts, len(repairs))
         log.info("recovered user state of partitions %s: %d users from %d records in %.2fs (epochs %s)", parts,
                  sum(len(u) for u, _ in out.values()), records, time.monotonic() - started, epochs)
         return out
