@@ -58,6 +58,7 @@ MARKER_KEY = b"\x00freshrec-recovery-marker"
 a reader never yields them."""
 
 PROGRESS_EVERY_S = 10.0
+_PARTITION_EOF = -191  # confluent_kafka.KafkaError._PARTITION_EOF
 
 Until = Literal["follow", "drain", "marker", "end"]
 
@@ -113,6 +114,7 @@ class TopicReader:
         batch: int = 5000,
         poll_s: float = 0.2,
         name: str = "reader",
+        eof: bool = False,
     ) -> None:
         if until not in ("follow", "drain", "marker", "end"):
             raise ConfigError(f"until={until!r} is not one of follow, drain, marker, end")
@@ -151,6 +153,9 @@ class TopicReader:
         self._nonce = uuid.uuid4().hex.encode()
         self._closed = False
         self._assigned = group is None
+        self.eof = eof
+        self.at_end: dict[int, bool] = {}
+        """``eof=True``: partition -> whether it reported its end since its last record."""
         self.done = False
         """True once a bounded read has finished (nothing more is yielded)."""
         self._consumer = self._open(partitions, start, connect_timeout_s)
@@ -160,7 +165,7 @@ class TopicReader:
     def _open(self, partitions: Collection[int] | None, start: Start, connect_timeout_s: float) -> Any:
         from confluent_kafka import Consumer, KafkaException
 
-        extra: dict[str, Any] = {"enable.partition.eof": False}
+        extra: dict[str, Any] = {"enable.partition.eof": self.eof}
         if self.group is None:
             extra.update({"group.id": f"freshrec-{self.name.replace(' ', '-')}-{uuid.uuid4().hex[:12]}",
                           "enable.auto.commit": False})
@@ -184,6 +189,8 @@ class TopicReader:
     def _on_assign(self, consumer: Any, partitions: list[Any]) -> None:
         self._assigned = True  # a drain's quiet time counts from the group join
         self._last_activity = time.monotonic()
+        if self.eof:
+            self.at_end.update({tp.partition: False for tp in partitions})
 
     def _metadata(self, consumer: Any, timeout: float) -> list[int]:
         """The topic's partitions; BrokerUnavailableError when no broker answers or it does not exist."""
@@ -250,6 +257,8 @@ class TopicReader:
             self._pending = set(parts)
         if parts:
             consumer.assign([TopicPartition(self.topic, p, starts[p]) for p in parts])
+            if self.eof:
+                self.at_end = dict.fromkeys(parts, False)
 
     def _write_markers(self, parts: list[int], timeout: float) -> None:
         from confluent_kafka import Producer
@@ -284,12 +293,18 @@ class TopicReader:
         bounded = self.until in ("marker", "end")
         out: list[Record] = []
         for msg in msgs:
+            err = msg.error()
+            if err is not None and err.code() == _PARTITION_EOF:
+                self.at_end[int(msg.partition())] = True
+                continue
             if is_error(msg, self.topic):
                 self.errors += 1
                 log.warning("%s: reading %s: %s", self.name, self.topic, msg.error().str())
                 continue
             self._last_activity = now
             p, off, key = int(msg.partition()), int(msg.offset()), msg.key()
+            if self.eof:
+                self.at_end[p] = False
             _, ts_ms = msg.timestamp()
             if bounded and p not in self._pending:
                 continue  # finished: what follows is beyond this read
@@ -313,6 +328,24 @@ class TopicReader:
             self.last_record_at = now
         self._check(now)
         return out
+
+    @property
+    def caught_up(self) -> bool:
+        """``eof=True``: every assigned partition reported its end since its last record. (On the
+        embedded broker, which under-reports end offsets, an end can come early: wait for quiet too.)"""
+        return bool(self.at_end) and all(self.at_end.values())
+
+    def lag(self) -> int | None:
+        """Records not read yet on the assigned partitions: the high watermarks of the last fetch
+        responses minus the positions (no broker request; call it on the reading thread). None
+        before the first fetch."""
+        total, known = 0, False
+        for tp in self._consumer.position(self._consumer.assignment()):
+            _, high = self._consumer.get_watermark_offsets(tp, cached=True)
+            if high >= 0 and tp.offset >= 0:
+                total += max(0, high - tp.offset)
+                known = True
+        return total if known else None
 
     def _check(self, now: float) -> None:
         """Decide whether a bounded read is done, has run out of time, or should say how far it is."""

@@ -24,14 +24,15 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import uuid
+from collections import deque
 from collections.abc import Callable, Collection, Iterator, Mapping
 from types import TracebackType
 from typing import Any, Literal
 
 from streams.codec import Recommendation, decode_recommendation
 from streams.errors import BrokerUnavailableError, ConfigError
-from streams.kafka import client_config, ensure_topics
+from streams.kafka import ensure_topics
+from streams.reader import Record, TopicReader
 from streams.settings import Settings
 
 __all__ = ["RecommendationClient", "format_recommendation"]
@@ -49,10 +50,13 @@ class RecommendationClient:
     ``partitions`` (no group only) reads just those partitions of the topic.
     ``keep=False`` leaves :attr:`latest` empty (the caller keeps what it needs).
     ``extra`` maps other topics to ``(start, handler)``: every partition is read from
-    ``"beginning"`` or ``"end"`` and each record (tombstones too) goes to ``handler(msg)``.
+    ``"beginning"`` or ``"end"`` and each record (a ``streams.reader.Record``, tombstones
+    too) goes to ``handler(record)``.
     ``on_tombstone(user_id)`` is called for each tombstone (erased user).
     ``track_end=True`` asks for end-of-partition events: :attr:`caught_up` says whether
     every partition read from the beginning has reached its end.
+
+    Every topic is read through a ``streams.reader.TopicReader`` (following, from where asked).
     """
 
     def __init__(
@@ -65,12 +69,12 @@ class RecommendationClient:
         connect_timeout: float = 10.0,
         partitions: Collection[int] | None = None,
         keep: bool = True,
-        extra: Mapping[str, tuple[Literal["beginning", "end"], Callable[[Any], None]]] | None = None,
+        extra: Mapping[str, tuple[Literal["beginning", "end"], Callable[[Record], None]]] | None = None,
         on_tombstone: Callable[[str], None] | None = None,
         track_end: bool = False,
     ) -> None:
-        from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, TopicPartition
-
+        if group is not None and (partitions is not None or extra):
+            raise ConfigError("partitions and extra topics need group=None (manual assignment)")
         self.settings = settings
         self.topic = settings.recommendations_topic
         self.users = frozenset(users) if users else None
@@ -85,114 +89,79 @@ class RecommendationClient:
         self.last_message_at: float | None = None
         self._since = time.time() - 0.5 if not from_beginning and settings.profile == "embedded" else None
         self._keep = keep
-        self._extra = dict(extra or {})
         self._on_tombstone = on_tombstone
-        self._at_end: dict[tuple[str, int], bool] = {}
-        """(topic, partition) read from the beginning -> at its end (``track_end`` only)."""
-        self._positions: list[TopicPartition] = []
-        ensure_topics(settings, timeout=connect_timeout)  # BrokerUnavailableError if none answers
-        conf = client_config(
-            settings, "consumer",
-            **{"group.id": group or f"freshrec-tail-{uuid.uuid4().hex[:12]}",
-               "auto.offset.reset": "earliest" if from_beginning else "latest"},
-        )
-        if group is None:
-            conf["enable.auto.commit"] = False
-        if track_end:
-            conf["enable.partition.eof"] = True
-        self._consumer = Consumer(conf)
+        self._pending: deque[Record] = deque()
         self._closed = False
+        self._extra: list[tuple[TopicReader, Callable[[Record], None], bool]] = []
+        ensure_topics(settings, timeout=connect_timeout)  # BrokerUnavailableError if none answers
+
+        def reader(topic: str, start: Literal["beginning", "end"], **kw: Any) -> TopicReader:
+            return TopicReader(settings, topic, start=start, until="follow", connect_timeout_s=connect_timeout,
+                               poll_s=0.0, name="recommendation-client", eof=track_end and start == "beginning",
+                               **kw)
+
+        self._main = reader(self.topic, "beginning" if from_beginning else "end", partitions=partitions,
+                            group=group)
         try:
-            if group is None:
-                md = self._consumer.list_topics(timeout=connect_timeout)
-                parts = sorted(md.topics[self.topic].partitions)
-                if partitions is not None:
-                    missing = sorted(set(partitions) - set(parts))
-                    if missing:
-                        raise ConfigError(f"{self.topic} has no partition {missing[0]} (it has {len(parts)})")
-                    parts = sorted(set(partitions))
-                start = OFFSET_BEGINNING if from_beginning else OFFSET_END
-                assign = [TopicPartition(self.topic, p, start) for p in parts]
-                for topic, (where, _) in self._extra.items():
-                    if topic not in md.topics:
-                        raise BrokerUnavailableError(f"topic {topic} does not exist at {settings.brokers}")
-                    assign += [TopicPartition(topic, p, OFFSET_BEGINNING if where == "beginning" else OFFSET_END)
-                               for p in sorted(md.topics[topic].partitions)]
-                if track_end:
-                    self._at_end = {(tp.topic, tp.partition): False for tp in assign if tp.offset == OFFSET_BEGINNING}
-                self._positions = [TopicPartition(self.topic, p) for p in parts]
-                self._consumer.assign(assign)
-            elif partitions is not None or self._extra:
-                raise ConfigError("partitions and extra topics need group=None (manual assignment)")
-            else:
-                self._consumer.subscribe([self.topic])
-        except Exception as exc:
+            for topic, (where, handler) in (extra or {}).items():
+                self._extra.append((reader(topic, where), handler, track_end and where == "beginning"))
+        except BaseException:
             self.close()
-            if isinstance(exc, (BrokerUnavailableError, ConfigError)):
-                raise
-            raise BrokerUnavailableError(f"cannot read {self.topic} at {settings.brokers}: {exc}") from None
+            raise
 
     # ------------------------------------------------------------------ reading
 
     def _poll_raw(self, timeout: float) -> tuple[Recommendation, bytes] | None:
         """The next list (and its raw value) within ``timeout`` seconds, or None."""
-        from confluent_kafka import KafkaError
-
         if self._closed:
             raise BrokerUnavailableError("the recommendation client is closed")
         deadline = time.monotonic() + max(0.0, timeout)
         while True:
-            msg = self._consumer.poll(max(0.0, deadline - time.monotonic()))
-            if msg is None:
-                return None
-            err = msg.error()
-            if err is not None:
-                if err.code() == KafkaError._PARTITION_EOF:
-                    where = (str(msg.topic()), msg.partition() or 0)
-                    if where in self._at_end:
-                        self._at_end[where] = True
-                else:
-                    if err.fatal():
-                        raise BrokerUnavailableError(f"reading {self.topic}: {err.str()}")
-                    log.warning("reading %s: %s", self.topic, err.str())
-            else:
-                self.last_message_at = time.monotonic()
-                topic = str(msg.topic())
-                if self._at_end:
-                    self._at_end[(topic, msg.partition() or 0)] = False
-                if topic != self.topic:
-                    self._extra[topic][1](msg)
-                    continue
-                value = msg.value()
-                if value is None:  # a tombstone: the user was erased
-                    user = (msg.key() or b"").decode("utf-8", "replace")
-                    if self.users is None or user in self.users:
-                        self.latest.pop(user, None)
-                        self.latest_raw.pop(user, None)
-                        self.erased.add(user)
-                        if self._on_tombstone is not None:
-                            self._on_tombstone(user)
-                    continue
-                try:
-                    rec = decode_recommendation(value)
-                except Exception as exc:  # noqa: BLE001 - BadInputError, or any codec slip: skip it
-                    self.skipped += 1
-                    log.warning("skipping undecodable message at %s[%d]@%d: %s",
-                                msg.topic(), msg.partition(), msg.offset(), exc)
-                else:
-                    if (self.users is None or rec.user_id in self.users) and (
-                            self._since is None or rec.published_at >= self._since):
-                        self.received += 1
-                        if not self._keep:
-                            return rec, value
-                        old = self.latest.get(rec.user_id)
-                        self.erased.discard(rec.user_id)
-                        if old is None or rec.published_at >= old.published_at:
-                            self.latest[rec.user_id] = rec
-                            self.latest_raw[rec.user_id] = value
-                        return rec, value
+            for side, handler, _ in self._extra:  # the other topics: whatever has arrived, now
+                for r in side.poll(0.0):
+                    self.last_message_at = time.monotonic()
+                    handler(r)
+            if not self._pending:
+                got = self._main.poll(max(0.0, deadline - time.monotonic()))
+                if got:
+                    self.last_message_at = time.monotonic()
+                    self._pending.extend(got)
+            while self._pending:
+                found = self._take(self._pending.popleft())
+                if found is not None:
+                    return found
             if time.monotonic() >= deadline:
                 return None
+
+    def _take(self, r: Record) -> tuple[Recommendation, bytes] | None:
+        """A record of the recommendations topic: a list to return, or None (a tombstone, a list
+        of another user, an undecodable message)."""
+        if r.value is None:  # a tombstone: the user was erased
+            user = (r.key or b"").decode("utf-8", "replace")
+            if self.users is None or user in self.users:
+                self.latest.pop(user, None)
+                self.latest_raw.pop(user, None)
+                self.erased.add(user)
+                if self._on_tombstone is not None:
+                    self._on_tombstone(user)
+            return None
+        try:
+            rec = decode_recommendation(r.value)
+        except Exception as exc:  # noqa: BLE001 - BadInputError, or any codec slip: skip it
+            self.skipped += 1
+            log.warning("skipping undecodable message at %s[%d]@%d: %s", self.topic, r.partition, r.offset, exc)
+            return None
+        if (self.users is not None and rec.user_id not in self.users) or (
+                self._since is not None and rec.published_at < self._since):
+            return None
+        self.received += 1
+        if self._keep:
+            old = self.latest.get(rec.user_id)
+            self.erased.discard(rec.user_id)
+            if old is None or rec.published_at >= old.published_at:
+                self.latest[rec.user_id] = rec
+                self.latest_raw[rec.user_id] = r.value
+        return rec, r.value
 
     def poll_raw(self, timeout: float) -> tuple[Recommendation, bytes] | None:
         """The next list and its message value as published, within ``timeout`` seconds, or None."""
@@ -203,21 +172,14 @@ class RecommendationClient:
         """Every partition read from the beginning has reported its end since its last record
         (``track_end=True``). On the embedded broker, which under-reports end offsets, an end
         can come early: callers also wait for a quiet spell (see ``freshrec serve``)."""
-        return bool(self._at_end) and all(self._at_end.values())
+        readers = [self._main] + [side for side, _, tracked in self._extra if tracked]
+        return self._main.eof and all(r.caught_up for r in readers)
 
     def lag(self) -> int | None:
-        """Records of the recommendations topic not read yet: the high watermarks the broker sent
-        with its last fetch responses minus this client's positions (reads low on the embedded
-        broker); None before the first fetch."""
-        if not self._positions:
-            return None
-        total, known = 0, False
-        for tp in self._consumer.position(self._positions):
-            _, high = self._consumer.get_watermark_offsets(tp, cached=True)
-            if high >= 0 and tp.offset >= 0:
-                total += max(0, high - tp.offset)
-                known = True
-        return total if known else None
+        """Records of the recommendations topic not read yet (high watermarks of the last fetch
+        responses minus this client's positions; reads low on the embedded broker); None before
+        the first fetch. Call it on the thread that polls."""
+        return self._main.lag()
 
     def poll(self, timeout: float) -> Recommendation | None:
         """The next list within ``timeout`` seconds (undecodable messages are skipped, with
@@ -258,10 +220,12 @@ class RecommendationClient:
     # ------------------------------------------------------------------ life cycle
 
     def close(self) -> None:
-        """Leave the group (if any) and release the consumer; safe to call more than once."""
+        """Leave the group (if any) and release the readers; safe to call more than once."""
         if not self._closed:
             self._closed = True
-            self._consumer.close()
+            for r in [getattr(self, "_main", None)] + [side for side, _, _ in self._extra]:
+                if r is not None:
+                    r.close()
 
     def __enter__(self) -> RecommendationClient:  # noqa: PYI034
         return self

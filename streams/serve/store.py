@@ -311,13 +311,12 @@ class StoreReader(threading.Thread):
         self.error: BaseException | None = None
         s = settings
         extra: dict[str, Any] = {
-            s.items_topic: ("beginning", lambda m: store.apply_catalog(m.value())),
-            s.trending_topic: ("beginning", lambda m: store.set_trending(m.value())),
+            s.items_topic: ("beginning", lambda r: store.apply_catalog(r.value)),
+            s.trending_topic: ("beginning", lambda r: store.set_trending(r.value)),
             s.dlq_topic: ("beginning", self._dead_letter),
         }
         if store.reads_events:
-            extra[s.events_topic] = ("end", lambda m: store.note_event(m.key(), m.timestamp()[1] / 1000.0,
-                                                                        m.value()))
+            extra[s.events_topic] = ("end", lambda r: store.note_event(r.key, r.timestamp or time.time(), r.value))
         # BrokerUnavailableError / ConfigError here, in the caller's thread
         self.client = RecommendationClient(s, keep=False, partitions=s.serve_partition_ids, extra=extra,
                                            on_tombstone=store.erase, track_end=True,
