@@ -288,7 +288,11 @@ class TopicReader:
             raise BrokerUnavailableError(f"the reader of {self.topic} is closed")
         if self.done:
             return []
-        msgs = self._consumer.consume(self.batch, timeout=self.poll_s if timeout is None else max(0.0, timeout))
+        # librdkafka's consume(n, t) waits all of t unless n messages come: wait for the first one
+        # only, then take what is already fetched
+        msgs = self._consumer.consume(1, timeout=self.poll_s if timeout is None else max(0.0, timeout))
+        if msgs and self.batch > 1:
+            msgs += self._consumer.consume(self.batch - 1, timeout=0)
         now = time.monotonic()
         bounded = self.until in ("marker", "end")
         out: list[Record] = []
