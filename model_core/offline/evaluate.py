@@ -6,6 +6,11 @@ For every event whose user has at least one earlier event and whose item is new
 to that user, each model is first asked for the user's top-K (excluding items
 the user already interacted with) and scored (HR@K, NDCG@K, MRR@K); then every
 model learns the event.
+
+The served model (``incremental``) is not asked: it is replayed as deployed
+(``fleet.ServedFleet``: the worker's micro-batches, ``apply`` and ``step``, users split
+over ``Deployment.workers``), and each event is scored against the list its user was
+last published. Baselines have no worker path and answer per event.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,7 +30,8 @@ from model_core.config import ALSConfig, FoldInConfig
 from model_core.errors import BadInputError, ConfigError
 from model_core.events import Event, EventType
 from model_core.index import IndexConfig, ItemIndex
-from model_core.online import OnlineRecommender, ServedRecommender
+from model_core.offline.fleet import Deployment, ServedFleet
+from model_core.online import OnlineRecommender
 from model_core.reco import BaseRecommender, Ranked
 from model_core.state import UserHistory
 
@@ -40,6 +46,8 @@ class _Context:
     model: ALSModel
     foldin: FoldInConfig
     device: str
+    deployment: Deployment = field(default_factory=Deployment)
+    k: int = 20
     popular: Popular = field(init=False)
 
     def __post_init__(self) -> None:
@@ -47,10 +55,17 @@ class _Context:
         self.popular.fit(self.train)
 
 
-def _incremental(ctx: _Context) -> BaseRecommender:
-    served = ServedRecommender(OnlineRecommender(ctx.model, ctx.foldin, device=ctx.device))
-    served.fit(ctx.train)
-    return served
+def _served(model: ALSModel, foldin: FoldInConfig, device: str, deployment: Deployment, k: int,
+            warm: Sequence[Event]) -> ServedFleet:
+    """The model's workers after they consumed ``warm`` as it happened."""
+    fleet = ServedFleet(lambda: OnlineRecommender(model, foldin, device=device), deployment, k)
+    fleet.arrive(warm)
+    fleet.flush()
+    return fleet
+
+
+def _incremental(ctx: _Context) -> ServedFleet:
+    return _served(ctx.model, ctx.foldin, ctx.device, ctx.deployment, ctx.k, ctx.train)
 
 
 class StaticModel(BaseRecommender):
@@ -168,7 +183,7 @@ class ImplicitModel(BaseRecommender):
         return [(self.names[i], float(s)) for i, s in zip(ids, scores) if i >= 0]
 
 
-MODELS: dict[str, Callable[[_Context], BaseRecommender]] = {
+MODELS: dict[str, Callable[[_Context], BaseRecommender | ServedFleet]] = {
     "incremental": _incremental,
     "static": StaticModel,
     "popular": _popular,
@@ -277,30 +292,44 @@ class _Catalog:
 def _score_stream(
     train: Sequence[Event],
     test: Sequence[Event],
-    models: dict[str, BaseRecommender],
+    models: Mapping[str, BaseRecommender | ServedFleet],
     scores: dict[str, _Score],
     k: int,
     progress: bool = False,
+    restart_at: float | None = None,
 ) -> None:
-    """The test-then-learn loop over ``test`` (``train`` only seeds who saw what)."""
+    """The test-then-learn loop over ``test`` (``train`` only seeds who saw what).
+
+    A baseline is asked for the user's list at the event, then learns it; a fleet's
+    list is the one it last published for the user, and the event then arrives at it.
+    ``restart_at``: the fleets restart (``ServedFleet.restart``) at that fraction of ``test``.
+    """
     from tqdm import tqdm
 
     seen: dict[str, set[str]] = {}
     for ev in train:
         seen.setdefault(ev.user_id, set()).add(ev.item_id)
-    for ev in tqdm(test, desc="prequential", unit="ev", disable=not progress, mininterval=1.0):
+    restart = -1 if restart_at is None else int(len(test) * restart_at)
+    for n, ev in enumerate(tqdm(test, desc="prequential", unit="ev", disable=not progress, mininterval=1.0)):
+        if n == restart:
+            for m in models.values():
+                if isinstance(m, ServedFleet):
+                    m.restart()
         s = seen.get(ev.user_id)
         if s and ev.item_id not in s:
             purchase = ev.type is EventType.PURCHASE
             for name, m in models.items():
                 t = time.perf_counter()
-                [lst] = m.recommend([ev.user_id], k, [s])
+                lst = m.served(ev.user_id) if isinstance(m, ServedFleet) else m.recommend([ev.user_id], k, [s])[0]
                 scores[name].seconds += time.perf_counter() - t
                 ranked = [i for i, _ in lst[:k]]
                 scores[name].add(hit_rank(ranked, ev.item_id), purchase, ranked)
         for name, m in models.items():
             t = time.perf_counter()
-            m.learn([ev])
+            if isinstance(m, ServedFleet):
+                m.arrive((ev,))
+            else:
+                m.learn([ev])
             scores[name].seconds += time.perf_counter() - t
         if s is None:
             seen[ev.user_id] = {ev.item_id}
@@ -318,8 +347,13 @@ def prequential(
     foldin: FoldInConfig | None = None,
     device: str = "auto",
     progress: bool = False,
+    deployment: Deployment | None = None,
 ) -> dict[str, Any]:
-    """Run the test-then-learn protocol; returns the JSON-ready report."""
+    """Run the test-then-learn protocol; returns the JSON-ready report.
+
+    ``deployment``: how the served model (``incremental``) is deployed and so replayed
+    (default: one worker with the worker's batching, ``Deployment()``).
+    """
     if k < 1:
         raise ConfigError(f"k={k} must be >= 1")
     if not 0 < train_fraction < 1:
@@ -336,15 +370,16 @@ def prequential(
     t0 = time.perf_counter()
     model = train_als(train, als, device=device, progress=progress)
     train_s = time.perf_counter() - t0
-    ctx = _Context(train, model, foldin or FoldInConfig(), device)
-    built: dict[str, BaseRecommender] = {}
+    dep = deployment or Deployment()
+    ctx = _Context(train, model, foldin or FoldInConfig(), device, dep, k)
+    built: dict[str, BaseRecommender | ServedFleet] = {}
     for name in models:
         t = time.perf_counter()
         built[name] = MODELS[name](ctx)
         log.info("model %s ready in %.1fs", name, time.perf_counter() - t)
     scores = {name: _Score() for name in built}
 
-    _score_stream(train, test, built, scores, k, progress)
+    _score_stream(train, test, built, scores, k, progress, dep.restart_at)
 
     catalog = _Catalog.of(train, test)
     any_score = next(iter(scores.values()))
@@ -357,8 +392,15 @@ def prequential(
         "purchase_eval_points": any_score.p_points,
         "model_version": model.version,
         "train_seconds": round(train_s, 2),
+        "served_as": dep.describe(),
+        "deployment": {"workers": dep.workers, "partitions": dep.partitions, "batch": dep.batch,
+                       "batch_within_s": dep.within_s if math.isfinite(dep.within_s) else "inf", "restart_at": dep.restart_at},
         "models": {name: sc.report(len(test), catalog) for name, sc in scores.items()},
     }
+    fleet = built.get("incremental")
+    if isinstance(fleet, ServedFleet) and fleet.batches:
+        fleet.flush()
+        report["mean_batch"] = round((len(train) + len(test)) / fleet.batches, 2)
     if "incremental" in scores:
         inc = report["models"]["incremental"]
         report["incremental_vs"] = {
@@ -423,28 +465,28 @@ def compare_on_holdout(
     foldin: FoldInConfig | None = None,
     device: str = "auto",
     progress: bool = False,
+    deployment: Deployment | None = None,
 ) -> dict[str, Any]:
     """Is ``new`` worse than ``serving`` on the held-out events? The trainer's gate.
 
     Each version is scored two ways, prequentially (HR@k, NDCG@k) on the same points:
-    served exactly as the worker serves it (``incremental``: its online state first warmed
-    on ``warm``, the events just before the holdout), and by its factors alone (fold-in
-    and nearest items). ``promoted`` is False when the new version is worse either way
+    served as the worker serves it (replayed through ``ServedFleet`` with ``deployment``,
+    its online state first warmed on ``warm``, the events just before the holdout), and by
+    its factors alone (fold-in and nearest items). ``promoted`` is False when the new version is worse either way
     by a paired sign test (``GATE_Z``); equal within noise is not worse.
     """
     if not holdout:
         raise BadInputError("no held-out events to compare the models on")
     warm = sorted(warm, key=lambda e: e.time)
     test = sorted(holdout, key=lambda e: e.time)
-    cfg = foldin or FoldInConfig()
-    built: dict[str, BaseRecommender] = {}
+    cfg, dep = foldin or FoldInConfig(), deployment or Deployment()
+    built: dict[str, BaseRecommender | ServedFleet] = {}
     for name, m in (("new", new), ("serving", serving)):
-        built[name] = ServedRecommender(OnlineRecommender(m, cfg, device=device))
-        built[f"{name}_factors"] = FactorsOnly(OnlineRecommender(m, cfg, device=device))
-    for rec in built.values():
-        rec.fit(warm)
+        built[name] = _served(m, cfg, device, dep, k, warm)
+        factors = built[f"{name}_factors"] = FactorsOnly(OnlineRecommender(m, cfg, device=device))
+        factors.fit(warm)
     scores = {name: _Score(per_point=[]) for name in built}
-    _score_stream(warm, test, built, scores, k, progress)
+    _score_stream(warm, test, built, scores, k, progress, dep.restart_at)
     out: dict[str, Any] = {"k": k, "points": scores["new"].points, "z_limit": GATE_Z}
     for name, sc in scores.items():
         r = sc.report(len(test))

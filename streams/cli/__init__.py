@@ -179,6 +179,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma list of incremental, static, popular, trending, covisit, implicit "
                    "(implicit needs `pip install implicit`)")
     p.add_argument("--json", default=None, metavar="OUT", help="also write the report as JSON")
+    g = p.add_argument_group(
+        "deployment", "the served model (incremental) is replayed the way workers serve it: each event is "
+        "scored against the list its user was last published; the baselines answer per event")
+    g.add_argument("--batch", type=int, default=None, metavar="N",
+                   help="events per micro-batch at most (default: the worker's --batch-size, 256)")
+    g.add_argument("--batch-within", dest="batch_within", type=float, default=None, metavar="S",
+                   help="a batch closes when the next event is more than S seconds of event time after its "
+                   "first (default: the worker's FRESHREC_BATCH_WITHIN_S, 0.005: a worker reading the log "
+                   "at its real pace); inf = batches of exactly N, a backfill at full speed")
+    g.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="workers sharing the events topic; users split as the producer partitions them "
+                   "and each worker learns from its own users only (default 1)")
+    g.add_argument("--partitions", type=int, default=None, metavar="P",
+                   help="partitions of the events topic (default: the larger of 4 and --workers)")
+    g.add_argument("--restart-at", dest="restart_at", type=float, default=None, metavar="F",
+                   help="every worker restarts at this fraction of the scored events, with what a start "
+                   "restores (default: no restart)")
     _add_model_args(p)
     _add_foldin_args(p)
     _add_common(p)
@@ -306,6 +323,9 @@ def _table(report: dict) -> str:
                      f"{(r['events_per_s'] or 0):>9.0f}")
     lines.append(f"eval points: {report['eval_points']} ({report['purchase_eval_points']} purchases); "
                  f"train {report['train_events']} / test {report['test_events']} events")
+    if "served_as" in report:
+        lines.append(f"incremental served as deployed: {report['served_as']}; "
+                     f"mean batch {report.get('mean_batch', '-')} events")
     for name, lift in report.get("incremental_vs", {}).items():
         def pct(v: float | None) -> str:
             return "n/a" if v is None else f"{v:+.1%}"
@@ -324,12 +344,18 @@ def cmd_trainer(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
     from model_core.offline.evaluate import prequential
+    from model_core.offline.fleet import Deployment
 
     models = [m.strip() for m in args.models.split(",") if m.strip()]
+    deployment = Deployment(
+        batch=args.batch or settings.batch_size,
+        within_s=settings.batch_within_s if args.batch_within is None else args.batch_within,
+        workers=args.workers, partitions=args.partitions or max(settings.partitions, args.workers),
+        restart_at=args.restart_at)
     report = prequential(
         _read_logs(args), models=models, k=args.k, train_fraction=args.train_fraction,
         als=_als_config(args), foldin=_foldin_config(args), device=settings.device,
-        progress=settings.progress,
+        progress=settings.progress, deployment=deployment,
     )
     report["logs"] = [str(p) for p in args.logs]
     print(_table(report))

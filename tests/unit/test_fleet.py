@@ -1,0 +1,130 @@
+"""The served model replayed as a fleet serves it (``model_core.offline.fleet``)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, cast
+
+import pytest
+from aiokafka.partitioner import murmur2 as aiokafka_murmur2
+from hypothesis import given
+from hypothesis import strategies as st
+
+from model_core.config import EventWeights, FoldInConfig
+from model_core.errors import ConfigError
+from model_core.events import Event, EventType
+from model_core.offline.evaluate import prequential
+from model_core.offline.fleet import Deployment, ServedFleet, murmur2, partition_of
+from model_core.offline.synth import SynthConfig, generate_events
+from model_core.online import OnlineRecommender
+from model_core.state import UserHistory
+
+
+def test_murmur2_is_kafkas() -> None:
+    # vectors from Apache Kafka's UtilsTest.testMurmur2
+    cases = {"21": -973932308, "foobar": -790332482, "a-little-bit-long-string": -985981536,
+             "a-little-bit-longer-string": -1486304829, "lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8": -58897971,
+             "abc": 479470107}
+    for text, expected in cases.items():
+        assert murmur2(text.encode()) == expected
+
+
+@given(st.binary(max_size=64))
+def test_murmur2_matches_the_client_partitioner(data: bytes) -> None:
+    assert murmur2(data) & 0x7FFFFFFF == aiokafka_murmur2(data) & 0x7FFFFFFF
+
+
+class Recorder:
+    """Stands in for OnlineRecommender: records each step's events, lists the user's last item."""
+
+    made = 0
+
+    def __init__(self) -> None:
+        Recorder.made += 1
+        self.steps: list[list[str]] = []
+
+    def apply(self, h: UserHistory, ev: Event, position: tuple[int, int] | None = None) -> bool:
+        return h.add(ev, EventWeights(), FoldInConfig(), position)
+
+    def step(self, events: Sequence[Event], histories: Mapping[str, UserHistory], k: int = 20) -> list[Any]:
+        self.steps.append([f"{ev.user_id}:{ev.item_id}" for ev in events])
+        return [[(f"after-{len(self.steps)}", 1.0)] for _ in histories]
+
+
+def fleet(dep: Deployment) -> tuple[ServedFleet, list[Recorder]]:
+    made: list[Recorder] = []
+
+    def make() -> OnlineRecommender:
+        made.append(Recorder())
+        return cast(OnlineRecommender, made[-1])
+
+    return ServedFleet(make, dep), made
+
+
+def ev(user: str, item: str, t: float) -> Event:
+    return Event(user, item, EventType.VIEW, t)
+
+
+def test_a_batch_closes_at_its_size_or_when_the_next_event_is_late() -> None:
+    f, [rec] = fleet(Deployment(batch=3, within_s=1.0))
+    f.arrive([ev("a", "1", 0.0), ev("a", "2", 0.5), ev("a", "3", 0.9), ev("a", "4", 1.0), ev("a", "5", 2.5)])
+    assert rec.steps == [["a:1", "a:2", "a:3"], ["a:4"]]  # full at 3; 2.5 is > 1 s after 1.0
+    f.flush()
+    assert rec.steps[-1] == ["a:5"]
+    full_speed, [r2] = fleet(Deployment(batch=2, within_s=float("inf")))
+    full_speed.arrive([ev("a", str(i), 100.0 * i) for i in range(5)])
+    full_speed.flush()
+    assert [len(s) for s in r2.steps] == [2, 2, 1]
+
+
+def test_a_user_sees_the_list_published_before_the_batch_of_their_event() -> None:
+    f, _ = fleet(Deployment(batch=2, within_s=10.0))
+    assert f.served("a") == []
+    f.arrive([ev("a", "1", 0.0)])
+    assert f.served("a") == []  # the batch is still open: nothing published yet
+    f.arrive([ev("a", "2", 1.0), ev("a", "3", 2.0)])
+    assert f.served("a") == [("after-1", 1.0)]
+
+
+def test_users_split_over_workers_as_the_partitioner_splits_them() -> None:
+    users = [f"user-{i}" for i in range(200)]
+    f, recs = fleet(Deployment(batch=1, workers=3, partitions=6))
+    f.arrive([ev(u, "x", float(i)) for i, u in enumerate(users)])
+    f.flush()
+    assert len(recs) == 3
+    for w, rec in enumerate(recs):
+        mine = {s.split(":")[0] for step in rec.steps for s in step}
+        assert mine == {u for u in users if partition_of(u, 6) % 3 == w}
+    # more workers than partitions: the extra ones own nothing
+    assert len(fleet(Deployment(workers=8, partitions=4))[1]) == 4
+
+
+def test_a_restart_keeps_histories_and_starts_the_online_state_again() -> None:
+    f, made = fleet(Deployment(batch=1, workers=2, partitions=2))
+    f.arrive([ev("a", "1", 0.0), ev("b", "1", 0.1), ev("a", "2", 0.2)])
+    f.restart()
+    assert len(made) == 4 and all(r.steps == [] for r in made[2:])
+    # "a" and "b" share partition 0: offsets 0 (a), 1 (b), 2 (a) are what the histories keep
+    assert (partition_of("a", 2), partition_of("b", 2)) == (0, 0)
+    assert {u: h.position for u, h in f.histories.items()} == {"a": (0, 2), "b": (0, 1)}
+    assert f.served("a") and f.served("b")  # published lists stay
+
+
+def test_bad_deployments_are_config_errors() -> None:
+    for bad in ({"batch": 0}, {"workers": 0}, {"partitions": 0}, {"within_s": -1.0}, {"restart_at": 1.5}):
+        with pytest.raises(ConfigError):
+            Deployment(**bad)  # type: ignore[arg-type]
+
+
+def test_evaluate_scores_a_fleet_and_a_restart_on_the_same_points() -> None:
+    events = list(generate_events(SynthConfig(users=200, items=150, events=3000, seed=3)))
+    fast = {"batch": 32, "within_s": float("inf")}  # backfill-sized batches keep the test short
+    runs = {name: prequential(events, models=["incremental", "popular"], device="cpu", deployment=dep)
+            for name, dep in {"one": Deployment(**fast),  # type: ignore[arg-type]
+                              "three": Deployment(workers=3, restart_at=0.5, **fast)}.items()}  # type: ignore[arg-type]
+    assert runs["one"]["eval_points"] == runs["three"]["eval_points"] > 100
+    assert runs["three"]["deployment"]["workers"] == 3 and "3 worker(s)" in runs["three"]["served_as"]
+    assert runs["three"]["deployment"]["batch_within_s"] == "inf"  # JSON has no infinity
+    for r in runs.values():
+        assert 0 < r["models"]["incremental"]["hr"] <= 1
+        assert r["models"]["popular"]["hr"] == runs["one"]["models"]["popular"]["hr"]  # baselines: per event
