@@ -297,11 +297,15 @@ def _score_stream(
     k: int,
     progress: bool = False,
     restart_at: float | None = None,
+    window_s: float = 0.0,
 ) -> None:
     """The test-then-learn loop over ``test`` (``train`` only seeds who saw what).
 
-    A baseline is asked for the user's list at the event, then learns it; a fleet's
-    list is the one it last published for the user, and the event then arrives at it.
+    A baseline is asked for the user's list at the event and learns the events of a
+    moment (those within ``window_s`` of the moment's first, the worker's batch window)
+    when the moment is over, so events that happened together (the items of one order)
+    are all scored against the state before them, as the served model's batch does. A
+    fleet's list is the one it last published for the user; the event then arrives at it.
     ``restart_at``: the fleets restart (``ServedFleet.restart``) at that fraction of ``test``.
     """
     from tqdm import tqdm
@@ -309,12 +313,24 @@ def _score_stream(
     seen: dict[str, set[str]] = {}
     for ev in train:
         seen.setdefault(ev.user_id, set()).add(ev.item_id)
+    baselines = {name: m for name, m in models.items() if not isinstance(m, ServedFleet)}
+    fleets = {name: m for name, m in models.items() if isinstance(m, ServedFleet)}
+    moment: list[Event] = []
+
+    def learn_moment() -> None:
+        for name, m in baselines.items():
+            t = time.perf_counter()
+            m.learn(moment)
+            scores[name].seconds += time.perf_counter() - t
+        moment.clear()
+
     restart = -1 if restart_at is None else int(len(test) * restart_at)
     for n, ev in enumerate(tqdm(test, desc="prequential", unit="ev", disable=not progress, mininterval=1.0)):
         if n == restart:
-            for m in models.values():
-                if isinstance(m, ServedFleet):
-                    m.restart()
+            for fleet in fleets.values():
+                fleet.restart()
+        if moment and ev.time - moment[0].time > window_s:
+            learn_moment()
         s = seen.get(ev.user_id)
         if s and ev.item_id not in s:
             purchase = ev.type is EventType.PURCHASE
@@ -324,17 +340,16 @@ def _score_stream(
                 scores[name].seconds += time.perf_counter() - t
                 ranked = [i for i, _ in lst[:k]]
                 scores[name].add(hit_rank(ranked, ev.item_id), purchase, ranked)
-        for name, m in models.items():
+        moment.append(ev)
+        for name, fleet in fleets.items():
             t = time.perf_counter()
-            if isinstance(m, ServedFleet):
-                m.arrive((ev,))
-            else:
-                m.learn([ev])
+            fleet.arrive((ev,))
             scores[name].seconds += time.perf_counter() - t
         if s is None:
             seen[ev.user_id] = {ev.item_id}
         else:
             s.add(ev.item_id)
+    learn_moment()
 
 
 def prequential(
@@ -379,7 +394,7 @@ def prequential(
         log.info("model %s ready in %.1fs", name, time.perf_counter() - t)
     scores = {name: _Score() for name in built}
 
-    _score_stream(train, test, built, scores, k, progress, dep.restart_at)
+    _score_stream(train, test, built, scores, k, progress, dep.restart_at, dep.moment_s)
 
     catalog = _Catalog.of(train, test)
     any_score = next(iter(scores.values()))
@@ -486,7 +501,7 @@ def compare_on_holdout(
         factors = built[f"{name}_factors"] = FactorsOnly(OnlineRecommender(m, cfg, device=device))
         factors.fit(warm)
     scores = {name: _Score(per_point=[]) for name in built}
-    _score_stream(warm, test, built, scores, k, progress, dep.restart_at)
+    _score_stream(warm, test, built, scores, k, progress, dep.restart_at, dep.moment_s)
     out: dict[str, Any] = {"k": k, "points": scores["new"].points, "z_limit": GATE_Z}
     for name, sc in scores.items():
         r = sc.report(len(test))

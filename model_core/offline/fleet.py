@@ -97,6 +97,11 @@ class Deployment:
             raise ConfigError(f"restart_at={self.restart_at} must be between 0 and 1")
 
     @property
+    def moment_s(self) -> float:
+        """Events this close (event time) happened together: the batch window, 0 for a backfill."""
+        return self.within_s if math.isfinite(self.within_s) else 0.0
+
+    @property
     def live_workers(self) -> int:
         """Workers that own a partition (a worker beyond the partition count idles)."""
         return min(self.workers, self.partitions)

@@ -80,3 +80,21 @@ def test_bad_arguments_are_config_errors() -> None:
     with pytest.raises(ConfigError, match="train_fraction"):
         prequential(evs, train_fraction=1.5)
 
+
+
+def test_events_that_happen_together_are_scored_before_any_is_learned() -> None:
+    """The items of one order (same time) meet the state before the order, as in a worker's batch."""
+
+    class Counting(Fixed):
+        at_ask: list[int] = []
+
+        def recommend(self, users: Sequence[str], k: int,
+                      exclude: Sequence[Collection[str]] | None = None) -> list[Ranked]:
+            self.at_ask.append(len(self.learned))
+            return super().recommend(users, k, exclude)
+
+    model = Counting(["y", "z", "w"])
+    test = [e("a", "y", 5, EventType.PURCHASE), e("a", "z", 5, EventType.PURCHASE), e("a", "w", 6)]
+    _score_stream([e("a", "x", 1)], test, {"m": model}, {"m": _Score()}, k=3, window_s=0.005)
+    assert model.at_ask == [0, 0, 2]
+    assert model.learned == ["y", "z", "w"]
