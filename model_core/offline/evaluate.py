@@ -301,11 +301,13 @@ def _score_stream(
 ) -> None:
     """The test-then-learn loop over ``test`` (``train`` only seeds who saw what).
 
-    A baseline is asked for the user's list at the event and learns the events of a
-    moment (those within ``window_s`` of the moment's first, the worker's batch window)
-    when the moment is over, so events that happened together (the items of one order)
-    are all scored against the state before them, as the served model's batch does. A
-    fleet's list is the one it last published for the user; the event then arrives at it.
+    Every model is scored the way freshrec serves lists: an event meets the list its user
+    was last published. A fleet publishes as the worker does (``ServedFleet``). A baseline
+    publishes a user's list when a moment with the user's events is over (the events within
+    ``window_s`` of the moment's first, the worker's batch window), after learning the
+    moment; users known at the split get theirs at the split. So the items of one order
+    (same time) all meet the list from before the order, and a user who comes back meets
+    the list of their last visit, for every model alike.
     ``restart_at``: the fleets restart (``ServedFleet.restart``) at that fraction of ``test``.
     """
     from tqdm import tqdm
@@ -315,15 +317,25 @@ def _score_stream(
         seen.setdefault(ev.user_id, set()).add(ev.item_id)
     baselines = {name: m for name, m in models.items() if not isinstance(m, ServedFleet)}
     fleets = {name: m for name, m in models.items() if isinstance(m, ServedFleet)}
+    published: dict[str, dict[str, list[str]]] = {name: {} for name in baselines}
     moment: list[Event] = []
+
+    def publish(users: Sequence[str]) -> None:
+        for name, m in baselines.items():
+            t = time.perf_counter()
+            for user, lst in zip(users, m.recommend(users, k, [seen[u] for u in users])):
+                published[name][user] = [i for i, _ in lst[:k]]
+            scores[name].seconds += time.perf_counter() - t
 
     def learn_moment() -> None:
         for name, m in baselines.items():
             t = time.perf_counter()
             m.learn(moment)
             scores[name].seconds += time.perf_counter() - t
+        publish(list(dict.fromkeys(ev.user_id for ev in moment)))
         moment.clear()
 
+    publish(sorted({ev.user_id for ev in test if ev.user_id in seen}))
     restart = -1 if restart_at is None else int(len(test) * restart_at)
     for n, ev in enumerate(tqdm(test, desc="prequential", unit="ev", disable=not progress, mininterval=1.0)):
         if n == restart:
@@ -335,10 +347,8 @@ def _score_stream(
         if s and ev.item_id not in s:
             purchase = ev.type is EventType.PURCHASE
             for name, m in models.items():
-                t = time.perf_counter()
-                lst = m.served(ev.user_id) if isinstance(m, ServedFleet) else m.recommend([ev.user_id], k, [s])[0]
-                scores[name].seconds += time.perf_counter() - t
-                ranked = [i for i, _ in lst[:k]]
+                ranked = ([i for i, _ in m.served(ev.user_id)[:k]] if isinstance(m, ServedFleet)
+                          else published[name].get(ev.user_id, []))
                 scores[name].add(hit_rank(ranked, ev.item_id), purchase, ranked)
         moment.append(ev)
         for name, fleet in fleets.items():

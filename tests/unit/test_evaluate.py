@@ -52,7 +52,11 @@ def test_metrics_on_a_tiny_hand_checked_log() -> None:
     assert s.hits == 2 and s.p_hits == 1
     assert s.ndcg == pytest.approx(1.0 + 1.0 / math.log2(4))
     assert s.rr == pytest.approx(1.0 + 1.0 / 3)
-    assert model.asked == [("a", frozenset({"x"})), ("c", frozenset({"z"})), ("b", frozenset({"x"}))]
+    # lists are published (asked for) at the split for known users, then after each moment
+    # for its users, excluding what they saw by then; the points meet the last one published
+    assert model.asked == [("a", frozenset({"x"})), ("b", frozenset({"x"})), ("a", frozenset({"x", "y"})),
+                           ("a", frozenset({"x", "y"})), ("c", frozenset({"z"})), ("c", frozenset({"z", "w"})),
+                           ("b", frozenset({"x", "q"}))]
     assert model.learned == ["y", "x", "z", "w", "q"]  # learns every test event, after scoring
     r = s.report(len(test))
     assert r["hr"] == pytest.approx(2 / 3) and r["purchase_hr"] == 1.0
@@ -82,19 +86,24 @@ def test_bad_arguments_are_config_errors() -> None:
 
 
 
-def test_events_that_happen_together_are_scored_before_any_is_learned() -> None:
-    """The items of one order (same time) meet the state before the order, as in a worker's batch."""
+def test_events_that_happen_together_meet_the_list_from_before_them() -> None:
+    """The items of one order (same time) all meet the list published before the order."""
 
-    class Counting(Fixed):
-        at_ask: list[int] = []
+    class Successor(Fixed):
+        """After learning an item, recommends the item that follows it in ``nxt``."""
+
+        nxt = {"y": "z", "z": "w"}
 
         def recommend(self, users: Sequence[str], k: int,
                       exclude: Sequence[Collection[str]] | None = None) -> list[Ranked]:
-            self.at_ask.append(len(self.learned))
-            return super().recommend(users, k, exclude)
+            ex = exclude if exclude is not None else [()] * len(users)
+            return [[(self.nxt[i], 1.0) for i in self.learned if i in self.nxt and self.nxt[i] not in x][:k]
+                    for x in ex]
 
-    model = Counting(["y", "z", "w"])
+    model = Successor([])
     test = [e("a", "y", 5, EventType.PURCHASE), e("a", "z", 5, EventType.PURCHASE), e("a", "w", 6)]
-    _score_stream([e("a", "x", 1)], test, {"m": model}, {"m": _Score()}, k=3, window_s=0.005)
-    assert model.at_ask == [0, 0, 2]
+    scores = {"m": _Score(per_point=[])}
+    _score_stream([e("a", "x", 1)], test, {"m": model}, scores, k=3, window_s=0.005)
+    # per event, learning y first would have put z in a's list; here only w (after the order) hits
+    assert scores["m"].per_point == [False, False, True]
     assert model.learned == ["y", "z", "w"]
