@@ -56,6 +56,19 @@ def quality() -> str:
             best_ndcg = max(others, key=lambda m: others[m]["ndcg"] or 0.0)
             out.append(f"\nincremental / best other: HR {inc['hr'] / others[best]['hr']:.2f}× ({best}), "
                        f"NDCG {inc['ndcg'] / others[best_ndcg]['ndcg']:.2f}× ({best_ndcg})\n")
+        if r.get("served_as"):
+            out.append(f"incremental served as deployed: {r['served_as']} (mean batch {r.get('mean_batch', '–')} "
+                       "events); every model scored on the list it last published\n")
+    return "\n".join(out)
+
+
+def served_path() -> str:
+    out = ["| log | run | served as | HR@20 | NDCG@20 | × one worker |", "|---|---|---|---|---|---|"]
+    for name, title in LOGS.items():
+        r = _load(f"served_path_quality_{name}.json")
+        for run, v in (r or {}).get("runs", {}).items():
+            out.append(f"| {title} | {run} | {v['served_as']} | {pct(v['hr'])} | {pct(v['ndcg'])} "
+                       f"| {v['vs_one_worker'] if v['vs_one_worker'] is not None else '–'} |")
     return "\n".join(out)
 
 
@@ -154,7 +167,7 @@ def serve() -> str:
     ])
 
 
-SECTIONS = {"quality": quality, "warm_start": warm_start, "speed": speed, "e2e": e2e, "serve": serve}
+SECTIONS = {"quality": quality, "served_path": served_path, "warm_start": warm_start, "speed": speed, "e2e": e2e, "serve": serve}
 
 
 def render(doc: str) -> str:

@@ -2,15 +2,15 @@
 
 Events are sorted by event time and split at ``train_fraction``. Every model
 trains on the events before the split; then the rest is streamed in order.
-For every event whose user has at least one earlier event and whose item is new
-to that user, each model is first asked for the user's top-K (excluding items
-the user already interacted with) and scored (HR@K, NDCG@K, MRR@K); then every
-model learns the event.
+Every event whose user has at least one earlier event and whose item is new to
+that user is scored (HR@K, NDCG@K, MRR@K) against the top-K the model last
+published for that user (excluding the items the user had touched by then), the
+way freshrec serves lists; then the models learn it.
 
-The served model (``incremental``) is not asked: it is replayed as deployed
-(``fleet.ServedFleet``: the worker's micro-batches, ``apply`` and ``step``, users split
-over ``Deployment.workers``), and each event is scored against the list its user was
-last published. Baselines have no worker path and answer per event.
+The served model (``incremental``) is replayed as deployed (``fleet.ServedFleet``:
+the worker's micro-batches, ``apply`` and ``step``, users split over
+``Deployment.workers``, a restart). A baseline learns each moment (the events within
+the worker's batch window) and then publishes the lists of that moment's users.
 """
 
 from __future__ import annotations
