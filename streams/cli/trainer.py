@@ -186,7 +186,6 @@ def train_from_topic(settings: Settings, als: ALSConfig, out: str | Path, option
     """
     from model_core.als import REJECTED_DIR, InteractionsBuilder, prune_versions, train_als
     from model_core.offline.evaluate import compare_on_holdout
-    from model_core.offline.fleet import Deployment
 
     out = Path(out)
     t0 = time.monotonic()
@@ -256,10 +255,8 @@ def train_from_topic(settings: Settings, als: ALSConfig, out: str | Path, option
         gate = {"promoted": True, "why": "no serving version to compare with"}
     else:
         g0 = time.monotonic()
-        served_as = Deployment(batch=settings.batch_size, within_s=settings.batch_within_s,
-                               partitions=settings.partitions)
         gate = compare_on_holdout(model, serving, warm_events, holdout, k=options.k, foldin=settings.foldin,
-                                  device=settings.device, progress=progress, deployment=served_as)
+                                  device=settings.device, progress=progress)
         gate["seconds"] = round(time.monotonic() - g0, 2)
     model.metadata["gate"] = gate
     path = model.save(out if gate["promoted"] else out / REJECTED_DIR)
