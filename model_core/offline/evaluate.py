@@ -55,17 +55,12 @@ class _Context:
         self.popular.fit(self.train)
 
 
-def _served(model: ALSModel, foldin: FoldInConfig, device: str, deployment: Deployment, k: int,
-            warm: Sequence[Event]) -> ServedFleet:
-    """The model's workers after they consumed ``warm`` as it happened."""
-    fleet = ServedFleet(lambda: OnlineRecommender(model, foldin, device=device), deployment, k)
-    fleet.arrive(warm)
+def _incremental(ctx: _Context) -> ServedFleet:
+    """The served model's workers after they consumed the training events as they happened."""
+    fleet = ServedFleet(lambda: OnlineRecommender(ctx.model, ctx.foldin, device=ctx.device), ctx.deployment, ctx.k)
+    fleet.arrive(ctx.train)
     fleet.flush()
     return fleet
-
-
-def _incremental(ctx: _Context) -> ServedFleet:
-    return _served(ctx.model, ctx.foldin, ctx.device, ctx.deployment, ctx.k, ctx.train)
 
 
 class StaticModel(BaseRecommender):

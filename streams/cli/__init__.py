@@ -181,7 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", default=None, metavar="OUT", help="also write the report as JSON")
     g = p.add_argument_group(
         "deployment", "the served model (incremental) is replayed the way workers serve it: each event is "
-        "scored against the list its user was last published; the baselines answer per event")
+        "scored against the list its user was last published (each baseline publishes a user's list after the "
+        "moment of the user's events, within the batch window)")
     g.add_argument("--batch", type=int, default=None, metavar="N",
                    help="events per micro-batch at most (default: the worker's --batch-size, 256)")
     g.add_argument("--batch-within", dest="batch_within", type=float, default=None, metavar="S",
