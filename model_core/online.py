@@ -37,6 +37,7 @@ from model_core.events import Event
 from model_core.foldin import FoldIn
 from model_core.index import IndexConfig, ItemIndex
 from model_core.reco import BaseRecommender, Ranked
+from model_core.shared import ItemDelta, user_key
 from model_core.signals import FEATURES, Candidates, SignalsConfig, StreamSignals
 from model_core.state import UserHistory
 
@@ -52,15 +53,11 @@ _SMALL_BATCH = 8  # up to this many users, fold-in inputs are built with plain l
 
 @dataclass
 class Step:
-    """One batch planned by ``OnlineRecommender.plan_step``: its lists, and what it will teach."""
+    """One batch planned by ``OnlineRecommender.plan_step``: its lists, and what it teaches."""
 
     lists: list[Recommendation]
-    examples: Candidates | None  # the ranker's examples (the lists due before the users' last events)
-    targets: list[str]  # the item each example's user chose
-    events: Sequence[Event]
-    histories: Mapping[str, UserHistory]
-    by_user: Mapping[str, list[Event]]
     sources: list[list[tuple[str, ...]]]  # per list and item, the sources that proposed it (``SOURCES``)
+    delta: ItemDelta  # what the batch teaches the item side (the ranker's examples included)
 
 
 SOURCES = ("sr", "covisit", "knn", "foldin", "trending", "category")
@@ -155,8 +152,9 @@ class OnlineRecommender:
         applied to them.
         """
         by_user = self._by_user(events)
-        self._train_ranker(by_user, histories)
-        self._learn(events, histories, by_user)
+        pseudo, targets = self._ranker_examples(by_user, histories)
+        cand = self._candidates(pseudo, [h.exclude() for h in pseudo])[0] if pseudo else None
+        self.learn(self._delta(events, histories, by_user, cand, targets))
 
     def step(self, events: Sequence[Event], histories: Mapping[str, UserHistory], k: int = 20) -> list[Recommendation]:
         """``plan_step`` then ``learn_step``: the touched users' new lists, then the batch learned.
@@ -174,10 +172,10 @@ class OnlineRecommender:
         return plan.lists
 
     def plan_step(self, events: Sequence[Event], histories: Mapping[str, UserHistory], k: int = 20) -> Step:
-        """The batch's lists and what it will teach, learning nothing: safe to run again.
+        """The batch's lists and what it teaches (``Step.delta``), learning nothing: safe to run again.
 
-        A caller that retries a failed batch retries this; ``learn_step`` then learns the
-        batch once.
+        A caller that retries a failed batch retries this; ``learn`` then learns the delta
+        once (on every replica of the item side, see ``model_core.shared``).
         """
         by_user = self._by_user(events)
         pseudo, targets = self._ranker_examples(by_user, histories)
@@ -190,24 +188,42 @@ class OnlineRecommender:
                                     with_sources=True)
         train = ~mine
         examples = Candidates(cand.user[train], cand.row[train], cand.x[train]) if n else None
-        return Step(lists, examples, targets, events, histories, by_user, sources or [])
+        return Step(lists, sources or [], self._delta(events, histories, by_user, examples, targets))
 
     def learn_step(self, plan: Step) -> None:
-        """Learn what ``plan_step`` planned: the ranker on its examples, then the batch's global side."""
-        if plan.examples is not None:
-            self.trending.train_step(plan.examples, self.trending.rows_of(plan.targets))
-        self._learn(plan.events, plan.histories, plan.by_user)
+        """Learn what ``plan_step`` planned (``learn(plan.delta)``)."""
+        self.learn(plan.delta)
 
-    def forget_users(self, user_ids: Iterable[str]) -> None:
-        """Erase: drop everything this model keeps under the users' ids (their session-kNN
+    def learn(self, delta: ItemDelta) -> None:
+        """Apply one delta to the item side: forgotten users, the ranker, item statistics, item
+        graphs and sessions, new items' vectors. Replicas that apply the same deltas in the
+        same order hold the same item side."""
+        sig = self.trending
+        if delta.forget:
+            self._forget(delta.forget)
+        if delta.examples is not None:
+            sig.learn_examples(delta.examples)
+        sig.learn_items(delta.items)
+        sig.learn_sequences(delta.sequences)
+        if delta.new_items:
+            self._learn_new_items(delta.new_items, delta.new_vectors)
+
+    def forget_users(self, user_ids: Iterable[str]) -> ItemDelta:
+        """Erase: drop everything this model keeps under the users' keys (their session-kNN
         sessions, their contributions to new items' vectors). Item-side statistics they fed
-        (counts, item graphs) are not per user and stay."""
-        users = set(user_ids)
-        for uid in users:
-            self.trending.sessions.forget(uid)
+        (counts, item graphs) are not per user and stay. Returns the delta that makes every
+        other replica forget them too."""
+        delta = ItemDelta(forget=sorted({user_key(u) for u in user_ids}))
+        self._forget(delta.forget)
+        return delta
+
+    def _forget(self, keys: Iterable[str]) -> None:
+        gone = set(keys)
+        for key in gone:
+            self.trending.sessions.forget(key)
         for seen in self._new_items.values():
-            for uid in users.intersection(seen):
-                del seen[uid]
+            for key in gone.intersection(seen):
+                del seen[key]
 
     @staticmethod
     def _by_user(events: Sequence[Event]) -> dict[str, list[Event]]:
@@ -216,11 +232,11 @@ class OnlineRecommender:
             by_user.setdefault(ev.user_id, []).append(ev)
         return by_user
 
-    def _learn(self, events: Sequence[Event], histories: Mapping[str, UserHistory],
-               by_user: Mapping[str, list[Event]]) -> None:
-        """Everything ``observe`` learns but the ranker: trending, item graphs, new items."""
+    def _delta(self, events: Sequence[Event], histories: Mapping[str, UserHistory],
+               by_user: Mapping[str, list[Event]], examples: Candidates | None, targets: list[str]) -> ItemDelta:
+        """What the batch teaches the item side (``model_core.shared``), learning nothing."""
         sig = self.trending
-        sig.learn(events)
+        weights = self.model.config.weights
         # learn_sequences reads at most this many of the newest earlier items (rules, session chain)
         depth = max(sig.config.sr_steps, sig.config.knn_session_len)
         seqs = []
@@ -229,12 +245,13 @@ class OnlineRecommender:
             if h is None:
                 continue
             touched = {ev.item_id for ev in evs}
-            prev = list(islice(((sig.row(i), e[1]) for i, e in reversed(h.entries.items()) if i not in touched),
-                               depth))
+            prev = list(islice(((i, e[1]) for i, e in reversed(h.entries.items()) if i not in touched), depth))
             prev.reverse()
-            seqs.append((user, prev, evs))
-        sig.learn_sequences(seqs)
-        self._observe_new_items(events, histories)
+            seqs.append((user_key(user), prev, [(ev.item_id, weights.of(ev), ev.time) for ev in evs]))
+        new_items, vectors = self._new_item_contributions(events, histories)
+        ex = sig.examples(examples, sig.rows_of(targets)) if examples is not None else None
+        return ItemDelta([(ev.item_id, weights.of(ev), ev.time, ev.category) for ev in events], seqs,
+                         new_items, vectors, ex)
 
     def _ranker_examples(self, by_user: Mapping[str, list[Event]],
                          histories: Mapping[str, UserHistory]) -> tuple[list[UserHistory], list[str]]:
@@ -263,37 +280,46 @@ class OnlineRecommender:
             targets = [targets[i] for i in pick]
         return pseudo, targets
 
-    def _train_ranker(self, by_user: Mapping[str, list[Event]], histories: Mapping[str, UserHistory]) -> None:
-        """Each user's last event of the batch labels the list due before it."""
-        pseudo, targets = self._ranker_examples(by_user, histories)
-        if pseudo:
-            cand, _ = self._candidates(pseudo, [h.exclude() for h in pseudo])
-            self.trending.train_step(cand, self.trending.rows_of(targets))
-
-    def _observe_new_items(self, events: Sequence[Event], histories: Mapping[str, UserHistory]) -> None:
+    def _new_item_contributions(self, events: Sequence[Event], histories: Mapping[str, UserHistory]
+                                ) -> tuple[list[tuple[str, str, float]], np.ndarray]:
+        """(item, user key, weight) and the user's embedding, for each user of the batch who
+        touched an item with no trained vector."""
+        k = self._fold.factors
         if not self.fold_new_items:
-            return
+            return [], np.zeros((0, k), np.float32)
         touched: dict[str, set[str]] = {}
         for ev in events:
             if ev.item_id not in self._rows or ev.item_id in self._new_items:
                 touched.setdefault(ev.item_id, set()).add(ev.user_id)
         if not touched:
-            return
+            return [], np.zeros((0, k), np.float32)
         users = sorted({u for us in touched.values() for u in us if u in histories})
         vecs = self.embed([histories[u] for u in users])
         pos = {u: i for i, u in enumerate(users)}
+        out: list[tuple[str, str, float]] = []
+        rows: list[int] = []
         for item, us in touched.items():
-            seen = self._new_items.setdefault(item, {})
-            for u in us:
-                if u not in pos:
-                    continue
-                entry = histories[u].entries.get(item)
+            for u in sorted(us):
+                entry = histories[u].entries.get(item) if u in pos else None
                 if entry is not None and np.any(vecs[pos[u]]):
-                    seen.pop(u, None)
-                    seen[u] = (vecs[pos[u]], entry[0])
+                    out.append((item, user_key(u), entry[0]))
+                    rows.append(pos[u])
+        return out, np.asarray(vecs[rows], np.float32).reshape(len(rows), k)
+
+    def _learn_new_items(self, contributions: list[tuple[str, str, float]], vectors: np.ndarray) -> None:
+        """New items' vectors from their users' contributions (the newest ``_NEW_ITEM_USERS`` per
+        item). An item this model trained a vector for keeps it."""
+        changed: dict[str, None] = {}
+        for (item, key, weight), vec in zip(contributions, vectors):
+            if item in self._rows and item not in self._new_items:
+                continue
+            seen = self._new_items.setdefault(item, {})
+            seen.pop(key, None)
+            seen[key] = (vec, weight)
             while len(seen) > _NEW_ITEM_USERS:
                 del seen[next(iter(seen))]
-        self._fold_items([i for i in touched if self._new_items.get(i)])
+            changed[item] = None
+        self._fold_items(list(changed))
 
     def _fold_items(self, items: list[str]) -> None:
         if not items:
@@ -417,7 +443,7 @@ class OnlineRecommender:
             row = sig.rows_of(i for lst in found for i, _ in lst)
             score = np.fromiter((s for lst in found for _, s in lst), np.float64, int(lens.sum()))
             fold = (np.repeat(warm, lens), row, score)
-        own = np.fromiter((sig.sessions.own_slot(h.user_id) for h in histories), np.int64, b)
+        own = np.fromiter((sig.sessions.own_slot(user_key(h.user_id)) for h in histories), np.int64, b)
         return sig.candidates(last, last_t, hist_len, fold, own), last
 
     def recommend(
@@ -456,7 +482,7 @@ class OnlineRecommender:
         keep = ~sig.unavailable[cand.row] & ~np.isin(cand.user * v + cand.row, banned)
         user, row = cand.user[keep], cand.row[keep]
         score = sig.score(cand)[keep]
-        order = np.lexsort((-score, user))
+        order = np.lexsort((sig.tiebreak[row], -score, user))
         user, row, score = user[order], row[order], score[order]
         start = np.searchsorted(user, user, side="left")
         top = (np.arange(len(user)) - start) < k

@@ -22,16 +22,21 @@ for events far out of time order).
 from __future__ import annotations
 
 import math
+import zlib
 from collections import deque
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
+from typing import TypeAlias
 
 import numpy as np
 
 from model_core.config import EventWeights
 from model_core.events import Event
 
-__all__ = ["FEATURES", "Candidates", "SignalsConfig", "StreamSignals"]
+__all__ = ["FEATURES", "Candidates", "Examples", "SignalsConfig", "StreamSignals"]
+
+Sequence_: TypeAlias = tuple[str, list[tuple[str, float]], list[tuple[str, float, float]]]
+"""What ``learn_sequences`` takes per user: (session key, earlier items, new events)."""
 
 _MAX_EXP = 60.0  # 2**60: rescale trending to a new anchor beyond this
 _MIN_EXP = -1000.0  # 2**-1000 is 0 for all purposes and still a normal float
@@ -256,11 +261,12 @@ class _SessionStore:
 
 
 def _top_per_user(
-    user: np.ndarray, row: np.ndarray, v: int, n: int, score: np.ndarray, *more: np.ndarray
+    user: np.ndarray, row: np.ndarray, v: int, n: int, tiebreak: np.ndarray, score: np.ndarray, *more: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
     """Sum ``score`` (and ``more``) per (user, row) and keep each user's n best rows.
 
-    Returns (user, row, [summed score, summed more...]), sorted by user then score.
+    Returns (user, row, [summed score, summed more...]), sorted by user then score (equal
+    scores by ``tiebreak[row]``).
     """
     user, row = user.ravel(), row.ravel()
     ok = row >= 0
@@ -269,7 +275,7 @@ def _top_per_user(
     uniq, inv = np.unique(key, return_inverse=True)
     sums = [np.bincount(inv, weights=x, minlength=len(uniq)) for x in vals]
     u, r = uniq // v, uniq % v
-    order = np.lexsort((-sums[0], u))
+    order = np.lexsort((tiebreak[r], -sums[0], u))
     u, r = u[order], r[order]
     rank = np.arange(len(u)) - np.searchsorted(u, u, side="left")
     keep = (rank < n) & (sums[0][order] > 0)
@@ -297,6 +303,18 @@ class Candidates:
     x: np.ndarray  # [N, F] float64 features
 
 
+@dataclass
+class Examples:
+    """The ranker's training lists, by position (no vocabulary rows): candidate i is in list
+    ``list_of[i]`` (sorted, 0..lists-1), has features ``x[i]``, and is the item chosen when
+    ``positive[i]``."""
+
+    list_of: np.ndarray  # [N] int64
+    x: np.ndarray  # [N, F]
+    positive: np.ndarray  # [N] bool
+    lists: int
+
+
 class StreamSignals:
     """Online item statistics, item graphs and the ranker (see the module docstring).
 
@@ -315,6 +333,7 @@ class StreamSignals:
         self.last_seen = np.zeros(0)
         self.category = np.zeros(0, dtype=np.int64)
         self.unavailable = np.zeros(0, dtype=bool)
+        self.tiebreak = np.zeros(0, dtype=np.int64)  # per row, a hash of the item id: orders equal scores
         self.categories: dict[str, int] = {}
         self._members: list[list[int]] = []  # category -> rows
         self._anchor: float | None = None
@@ -343,6 +362,7 @@ class StreamSignals:
             self.ids.append(item)
             if r >= self._cap:
                 self._grow(max(1024, 2 * self._cap))
+            self.tiebreak[r] = zlib.crc32(item.encode("utf-8", "surrogatepass"))
             self.sr.grow(r + 1)
             self.covisit.grow(r + 1)
             self.sessions.grow(r + 1)
@@ -355,6 +375,7 @@ class StreamSignals:
         self.last_seen = np.concatenate([self.last_seen, np.full(extra, -np.inf)])
         self.category = np.concatenate([self.category, np.full(extra, -1, np.int64)])
         self.unavailable = np.concatenate([self.unavailable, np.zeros(extra, dtype=bool)])
+        self.tiebreak = np.concatenate([self.tiebreak, np.zeros(extra, np.int64)])
         self._cap = cap
 
     def rows_of(self, items: Iterable[str]) -> np.ndarray:
@@ -384,47 +405,52 @@ class StreamSignals:
     # -- learning ---------------------------------------------------------------
 
     def learn(self, events: Iterable[Event], histories: Mapping[str, object] | None = None) -> None:
-        """Item statistics of a batch: trending, popularity, freshness, categories."""
+        """Item statistics of a batch of events: trending, popularity, freshness, categories."""
+        evs = list(events)
+        self.learn_items([(ev.item_id, self.weights.of(ev), ev.time, ev.category) for ev in evs])
+
+    def learn_items(self, items: Iterable[tuple[str, float, float, str | None]]) -> None:
+        """Item statistics from (item, event weight, time, category) in event order."""
         hl = self.config.trending_half_life_s
-        for ev in events:
-            r = self.row(ev.item_id)
-            if ev.category is not None and self.category[r] < 0:
-                self.set_category([ev.item_id], [ev.category])
+        for item, w, time, category in items:
+            r = self.row(item)
+            if category is not None and self.category[r] < 0:
+                self.set_category([item], [category])
             if self._anchor is None:
-                self._anchor = ev.time
-            e = (ev.time - self._anchor) / hl
+                self._anchor = time
+            e = (time - self._anchor) / hl
             if e > _MAX_EXP:  # move the anchor forward: older scores shrink (maybe to 0)
                 self.trend *= 2.0 ** max(-e, _MIN_EXP)
-                self._anchor = ev.time
+                self._anchor = time
                 e = 0.0
-            w = self.weights.of(ev)
             self.trend[r] += w * 2.0 ** max(e, _MIN_EXP)
             self.count[r] += w
-            self.last_seen[r] = max(self.last_seen[r], ev.time)
+            self.last_seen[r] = max(self.last_seen[r], time)
             self.events += 1
 
-    def learn_sequences(self, sequences: Iterable[tuple[str, list[tuple[int, float]], list[Event]]]) -> None:
-        """Item graphs and sessions from each user's (user, previous items [(row, time)], new events)."""
+    def learn_sequences(self, sequences: Iterable[Sequence_]) -> None:
+        """Item graphs and sessions from each (session key, previous items [(item, time)] oldest
+        first, new events [(item, weight, time)])."""
         c = self.config
-        wts = self.weights
-        for user, prev, evs in sequences:
-            seq = list(prev)
-            for ev in evs:
-                b = self.row(ev.item_id)
-                w = wts.of(ev)
+        for key, prev, new in sequences:
+            if not new:
+                continue
+            seq = [(self.row(a), t) for a, t in prev]
+            for item, w, time in new:
+                b = self.row(item)
                 gap = 0
                 for a, t in reversed(seq[-c.sr_steps :]):
                     gap += 1
                     if a == b:
                         continue
-                    if abs(ev.time - t) <= c.session_gap_s:
+                    if abs(time - t) <= c.session_gap_s:
                         self.sr.add(a, b, w / gap)
                     if gap <= c.covisit_window:
                         self.covisit.add(a, b, w)
                         self.covisit.add(b, a, w)
                 seq = [(a, t) for a, t in seq if a != b]
-                seq.append((b, ev.time))
-            slot = self.sessions.slot_of(user, evs[0].time, c.session_gap_s)
+                seq.append((b, time))
+            slot = self.sessions.slot_of(key, new[0][2], c.session_gap_s)
             chain: list[int] = []
             newest = seq[-1][1]
             for a, t in reversed(seq):
@@ -432,9 +458,21 @@ class StreamSignals:
                     break
                 chain.append(a)
                 newest = t
-            self.sessions.put(slot, chain, max(ev.time for ev in evs), (self.rows[ev.item_id] for ev in evs))
+            self.sessions.put(slot, chain, max(t for _, _, t in new), (self.rows[i] for i, _, _ in new))
 
     # -- trending fallback --------------------------------------------------------
+
+    def _best(self, rows: np.ndarray, t: int) -> np.ndarray:
+        """The (at most) t of ``rows`` with the highest positive trend, best first; ties go by
+        ``tiebreak``, so replicas whose vocabularies differ in row order still agree."""
+        s = self.trend[rows]
+        pos = s > 0
+        rows, s = rows[pos], s[pos]
+        if t < len(rows):
+            kth = np.partition(s, len(s) - t)[len(s) - t]  # the t-th highest
+            tie = s >= kth
+            rows, s = rows[tie], s[tie]
+        return rows[np.lexsort((self.tiebreak[rows], -s))[:t]]
 
     def top(self, k: int, exclude: Collection[str] = ()) -> list[tuple[str, float]]:
         """The k most trending available items not in ``exclude``, best first."""
@@ -443,12 +481,10 @@ class StreamSignals:
         if want <= 0:
             return []
         s = self.trend[:n]
-        cand = np.argpartition(-s, want - 1)[:want] if want < n else np.arange(n)
-        cand = cand[np.argsort(-s[cand], kind="stable")]
         out: list[tuple[str, float]] = []
-        for r in cand.tolist():
+        for r in self._best(np.arange(n), want).tolist():
             item = self.ids[r]
-            if s[r] > 0 and item not in exclude and not self.unavailable[r]:
+            if item not in exclude and not self.unavailable[r]:
                 out.append((item, float(s[r])))
                 if len(out) == k:
                     break
@@ -465,12 +501,7 @@ class StreamSignals:
                 continue
             top = cache.get(cat)
             if top is None:
-                members = np.asarray(self._members[cat], dtype=np.int64)
-                s = self.trend[members]
-                if len(members) > t:
-                    members = members[np.argpartition(-s, t - 1)[:t]]
-                    s = self.trend[members]
-                top = cache[cat] = members[np.argsort(-s, kind="stable")][np.sort(s)[::-1] > 0]
+                top = cache[cat] = self._best(np.asarray(self._members[cat], dtype=np.int64), t)
             rows[i, : len(top)] = top
             rr[i, : len(top)] = 1.0 / (1.0 + np.arange(len(top)))
         return rows, rr
@@ -507,12 +538,12 @@ class StreamSignals:
         nb, w = self.sr.neighbours(last)  # [B, L, M]
         u3 = np.broadcast_to(np.arange(b)[:, None, None], nb.shape)
         pos_w = (1.0 / (1.0 + np.arange(depth)))[None, :, None]
-        su, sr_, (ctx, first) = _top_per_user(u3, nb, v, n_src, w * pos_w, np.where(
+        su, sr_, (ctx, first) = _top_per_user(u3, nb, v, n_src, self.tiebreak, w * pos_w, np.where(
             np.arange(depth)[None, :, None] == 0, w, 0.0))
         emit(su, sr_, sr_last=np.log1p(first), sr_last_norm=first / _user_max(su, first, b)[su],
              sr_ctx=np.log1p(ctx), sr_rank=_rank_feature(su, ctx))
         nb, w = self.covisit.neighbours(last)
-        cu, cr, (cw,) = _top_per_user(u3, nb, v, n_src, w * (0.5 ** np.arange(depth))[None, :, None])
+        cu, cr, (cw,) = _top_per_user(u3, nb, v, n_src, self.tiebreak, w * (0.5 ** np.arange(depth))[None, :, None])
         emit(cu, cr, covisit=np.log1p(cw), covisit_norm=cw / _user_max(cu, cw, b)[cu],
              covisit_rank=_rank_feature(cu, cw))
         # session kNN over the user's current session (newest items, no gap above session_gap_s)
@@ -522,7 +553,7 @@ class StreamSignals:
             cut = np.cumsum(np.abs(last_t[:, : q - 1] - last_t[:, 1:q]) > c.session_gap_s, axis=1) > 0
             query[:, 1:][cut] = -1
         ku, kr, ks = self.sessions.scores(query, own if own is not None else np.full(b, -1), c.knn_neighbours)
-        ku, kr, (ks,) = _top_per_user(ku, kr, v, n_src, ks)
+        ku, kr, (ks,) = _top_per_user(ku, kr, v, n_src, self.tiebreak, ks)
         emit(ku, kr, knn=np.log1p(ks), knn_norm=ks / _user_max(ku, ks, b)[ku], knn_rank=_rank_feature(ku, ks))
         if fold is not None:
             fu, fr, fs = fold
@@ -531,10 +562,7 @@ class StreamSignals:
         n = len(self.ids)
         t = min(c.trending_candidates, n)
         if t > 0:
-            s = self.trend[:n]
-            top = np.argpartition(-s, t - 1)[:t] if t < n else np.arange(n)
-            top = top[np.argsort(-s[top], kind="stable")]
-            top = top[s[top] > 0]
+            top = self._best(np.arange(n), t)
             t = len(top)
             rr = np.broadcast_to(1.0 / (1.0 + np.arange(t)), (b, t))
             emit(np.repeat(np.arange(b), t), np.broadcast_to(top, (b, t)).ravel(), trend_rank=rr.ravel())
@@ -589,23 +617,31 @@ class StreamSignals:
         """[N] ranker scores of the candidates (higher = better)."""
         return self._forward(cand.x)[0]
 
-    def train_step(self, cand: Candidates, target: np.ndarray) -> int:
-        """Adagrad steps of softmax cross-entropy: ``target[b]`` is the row user b chose.
-
-        Lists that do not contain their target teach nothing and are skipped. The
-        lists used are also kept in a small replay buffer (``replay_lists``), and
-        ``replay`` earlier lists are learned again with each new one.
-        Returns the number of new lists used.
-        """
+    def examples(self, cand: Candidates, target: np.ndarray) -> Examples:
+        """The lists of ``cand`` that contain their target (``target[b]``: the row user b chose);
+        a list without it teaches nothing."""
         pos = cand.row == target[cand.user]
         has = np.zeros(len(target), dtype=bool)
         has[cand.user[pos]] = True
         keep = has[cand.user]
-        if not keep.any():
-            return 0
-        u, x, y = cand.user[keep], cand.x[keep], pos[keep]
-        _, u = np.unique(u, return_inverse=True)
-        n_lists = int(has.sum())
+        _, u = np.unique(cand.user[keep], return_inverse=True)
+        return Examples(u.astype(np.int64), cand.x[keep], pos[keep], int(has.sum()))
+
+    def train_step(self, cand: Candidates, target: np.ndarray) -> int:
+        """``learn_examples(examples(cand, target))``; returns the number of lists used."""
+        ex = self.examples(cand, target)
+        self.learn_examples(ex)
+        return ex.lists
+
+    def learn_examples(self, ex: Examples) -> None:
+        """Adagrad steps of softmax cross-entropy over the lists of ``ex``.
+
+        The lists are also kept in a small replay buffer (``replay_lists``), and ``replay``
+        earlier lists are learned again with each new one.
+        """
+        if ex.lists == 0:
+            return
+        u, x, y, n_lists = ex.list_of, ex.x, ex.positive, ex.lists
         self._step(u, x, y, n_lists)
         c = self.config
         if c.replay > 0 and c.replay_lists > 0:
@@ -620,7 +656,6 @@ class StreamSignals:
                 ru = np.repeat(np.arange(m), [len(a) for a in xs])
                 self._step(ru, np.concatenate(xs), np.concatenate(ys), m)
         self.trained_lists += n_lists
-        return n_lists
 
     def _step(self, u: np.ndarray, x: np.ndarray, y: np.ndarray, nseg: int) -> None:
         """One step over ``nseg`` lists: candidate i belongs to list u[i]; y marks the positives."""

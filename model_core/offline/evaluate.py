@@ -425,13 +425,16 @@ def prequential(
         "train_seconds": round(train_s, 2),
         "served_as": dep.describe(),
         "deployment": {"workers": dep.workers, "partitions": dep.partitions, "batch": dep.batch,
-                       "batch_within_s": dep.within_s if math.isfinite(dep.within_s) else "inf", "restart_at": dep.restart_at},
+                       "batch_within_s": dep.within_s if math.isfinite(dep.within_s) else "inf", "restart_at": dep.restart_at,
+                       "shared": dep.shared},
         "models": {name: sc.report(len(test), catalog) for name, sc in scores.items()},
     }
     fleet = built.get("incremental")
     if isinstance(fleet, ServedFleet) and fleet.batches:
         fleet.flush()
         report["mean_batch"] = round((len(train) + len(test)) / fleet.batches, 2)
+        if fleet.deltas:
+            report["delta_bytes_per_event"] = round(fleet.delta_bytes / (len(train) + len(test)), 1)
     if "incremental" in scores:
         inc = report["models"]["incremental"]
         report["incremental_vs"] = {

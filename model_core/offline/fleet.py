@@ -6,9 +6,13 @@ one-event-at-a-time adapter (the trainer's promotion gate does not yet, see
 
 - **users split as the producer splits them**: a user's events go to partition
   ``murmur2(user_id) % partitions`` (the Java client's partitioner, which freshrec's
-  producer uses), and partition ``p`` to worker ``p % workers``; each worker keeps its
-  own ``OnlineRecommender`` and learns from its own users' events only, as a deployed
-  worker does;
+  producer uses), and partition ``p`` to worker ``p % workers``;
+- **one item side for the fleet** (``shared``, the worker's way): each batch's
+  ``ItemDelta`` goes through its wire form (``model_core.shared``) and is applied to the
+  item side every worker serves from, as every worker applies the deltas topic. The
+  delta's trip through the broker (milliseconds) is not modelled: the next batch sees it.
+  With ``shared=False`` each worker learns from its own users' events only (what workers
+  without the deltas topic would serve, kept to measure what sharing is worth);
 - **micro-batches as the worker forms them**: a worker's batch closes at ``batch``
   events or when the next event of its partitions is more than ``within_s`` (event time)
   after the batch's first one, as a worker that reads the log at its real pace does;
@@ -20,7 +24,9 @@ one-event-at-a-time adapter (the trainer's promotion gate does not yet, see
   its item new to them, and a hit when the item is in the list that user was last
   published (the list before the event's batch);
 - **a restart** (``restart``): every worker starts again with what a start restores:
-  the user histories (the changelog), nothing of the online state; published lists stay.
+  the user histories (the changelog) and, shared, the item side from a snapshot
+  (``model_core.shared.snapshot``, through its bytes) plus the deltas after it; not
+  shared, nothing of the online state. Published lists stay.
 
 Only user ids, events and the model core are used: no broker is involved.
 """
@@ -35,6 +41,7 @@ from model_core.errors import ConfigError
 from model_core.events import Event
 from model_core.online import OnlineRecommender
 from model_core.reco import Ranked
+from model_core.shared import decode_delta, encode_delta, restore, snapshot
 from model_core.state import UserHistory
 
 __all__ = ["Deployment", "ServedFleet", "murmur2", "partition_of"]
@@ -84,6 +91,7 @@ class Deployment:
     workers: int = 1
     partitions: int = 4
     restart_at: float | None = None  # fraction of the scored events where every worker restarts
+    shared: bool = True  # one item side for all workers (the deltas topic), as the worker runs
 
     def __post_init__(self) -> None:
         if self.batch < 1:
@@ -110,8 +118,9 @@ class Deployment:
     def describe(self) -> str:
         within = "full speed" if math.isinf(self.within_s) else f"within {self.within_s:g}s"
         restart = f", restart at {self.restart_at:g}" if self.restart_at is not None else ""
+        alone = "" if self.shared or self.live_workers == 1 else ", each learning alone"
         return (f"{self.workers} worker(s) on {self.partitions} partitions, batches of <= {self.batch} "
-                f"({within}){restart}")
+                f"({within}){restart}{alone}")
 
 
 class ServedFleet:
@@ -119,7 +128,10 @@ class ServedFleet:
 
     def __init__(self, make: Callable[[], OnlineRecommender], deployment: Deployment, k: int = 20) -> None:
         self.make, self.deployment, self.k = make, deployment, k
-        self.recs = [make() for _ in range(deployment.live_workers)]
+        n = deployment.live_workers
+        self.recs = [make()] * n if deployment.shared else [make() for _ in range(n)]
+        self.deltas = 0  # deltas applied, and their wire size in bytes
+        self.delta_bytes = 0
         self.histories: dict[str, UserHistory] = {}
         self.lists: dict[str, Ranked] = {}
         self.batches = 0
@@ -156,7 +168,12 @@ class ServedFleet:
     def restart(self) -> None:
         """Every worker starts again: histories come back, online state starts empty."""
         self.flush()
-        self.recs = [self.make() for _ in self.recs]
+        if self.deployment.shared:
+            fresh = self.make()
+            restore(fresh, snapshot(self.recs[0], self.deltas))
+            self.recs = [fresh] * len(self.recs)
+        else:
+            self.recs = [self.make() for _ in self.recs]
 
     def _flush(self, w: int) -> None:
         pending = self._pending[w]
@@ -174,7 +191,15 @@ class ServedFleet:
                 applied.append(ev)
         pending.clear()
         if touched:
-            for user, lst in zip(touched, rec.step(applied, touched, self.k)):
+            plan = rec.plan_step(applied, touched, self.k)
+            for user, lst in zip(touched, plan.lists):
                 self.lists[user] = lst
+            if self.deployment.shared:
+                wire = encode_delta(plan.delta)
+                self.deltas += 1
+                self.delta_bytes += len(wire)
+                rec.learn(decode_delta(wire))
+            else:
+                rec.learn(plan.delta)
         self.batches += 1
 

@@ -190,13 +190,17 @@ def build_parser() -> argparse.ArgumentParser:
                    "first (default: the worker's FRESHREC_BATCH_WITHIN_S, 0.005: a worker reading the log "
                    "at its real pace); inf = batches of exactly N, a backfill at full speed")
     g.add_argument("--workers", type=int, default=1, metavar="N",
-                   help="workers sharing the events topic; users split as the producer partitions them "
-                   "and each worker learns from its own users only (default 1)")
+                   help="workers sharing the events topic; users split as the producer partitions them, "
+                   "every worker serving from the one item side their deltas build (default 1)")
+    g.add_argument("--isolated", action="store_true",
+                   help="each worker learns the item side from its own users only (no deltas topic): "
+                   "what sharing is worth, for comparison")
     g.add_argument("--partitions", type=int, default=None, metavar="P",
                    help="partitions of the events topic (default: the larger of 4 and --workers)")
     g.add_argument("--restart-at", dest="restart_at", type=float, default=None, metavar="F",
                    help="every worker restarts at this fraction of the scored events, with what a start "
-                   "restores (default: no restart)")
+                   "restores: user histories, and the item side from its snapshot and deltas (with "
+                   "--isolated: nothing of it) (default: no restart)")
     _add_model_args(p)
     _add_foldin_args(p)
     _add_common(p)
@@ -352,7 +356,7 @@ def cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
         batch=args.batch or settings.batch_size,
         within_s=settings.batch_within_s if args.batch_within is None else args.batch_within,
         workers=args.workers, partitions=args.partitions or max(settings.partitions, args.workers),
-        restart_at=args.restart_at)
+        restart_at=args.restart_at, shared=not args.isolated)
     report = prequential(
         _read_logs(args), models=models, k=args.k, train_fraction=args.train_fraction,
         als=_als_config(args), foldin=_foldin_config(args), device=settings.device,

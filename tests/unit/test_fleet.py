@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, cast
+from typing import cast
 
 import pytest
 from aiokafka.partitioner import murmur2 as aiokafka_murmur2
@@ -16,7 +16,8 @@ from model_core.events import Event, EventType
 from model_core.offline.evaluate import prequential
 from model_core.offline.fleet import Deployment, ServedFleet, murmur2, partition_of
 from model_core.offline.synth import SynthConfig, generate_events
-from model_core.online import OnlineRecommender
+from model_core.online import OnlineRecommender, Step
+from model_core.shared import ItemDelta
 from model_core.state import UserHistory
 
 
@@ -46,9 +47,12 @@ class Recorder:
     def apply(self, h: UserHistory, ev: Event, position: tuple[int, int] | None = None) -> bool:
         return h.add(ev, EventWeights(), FoldInConfig(), position)
 
-    def step(self, events: Sequence[Event], histories: Mapping[str, UserHistory], k: int = 20) -> list[Any]:
+    def plan_step(self, events: Sequence[Event], histories: Mapping[str, UserHistory], k: int = 20) -> Step:
         self.steps.append([f"{ev.user_id}:{ev.item_id}" for ev in events])
-        return [[(f"after-{len(self.steps)}", 1.0)] for _ in histories]
+        return Step([[(f"after-{len(self.steps)}", 1.0)] for _ in histories], [], ItemDelta())
+
+    def learn(self, delta: ItemDelta) -> None:
+        pass
 
 
 def fleet(dep: Deployment) -> tuple[ServedFleet, list[Recorder]]:
@@ -88,7 +92,7 @@ def test_a_user_sees_the_list_published_before_the_batch_of_their_event() -> Non
 
 def test_users_split_over_workers_as_the_partitioner_splits_them() -> None:
     users = [f"user-{i}" for i in range(200)]
-    f, recs = fleet(Deployment(batch=1, workers=3, partitions=6))
+    f, recs = fleet(Deployment(batch=1, workers=3, partitions=6, shared=False))
     f.arrive([ev(u, "x", float(i)) for i, u in enumerate(users)])
     f.flush()
     assert len(recs) == 3
@@ -96,11 +100,12 @@ def test_users_split_over_workers_as_the_partitioner_splits_them() -> None:
         mine = {s.split(":")[0] for step in rec.steps for s in step}
         assert mine == {u for u in users if partition_of(u, 6) % 3 == w}
     # more workers than partitions: the extra ones own nothing
-    assert len(fleet(Deployment(workers=8, partitions=4))[1]) == 4
+    assert len(fleet(Deployment(workers=8, partitions=4, shared=False))[1]) == 4
+    assert len(fleet(Deployment(workers=8, partitions=4))[1]) == 1  # shared: one item side
 
 
 def test_a_restart_keeps_histories_and_starts_the_online_state_again() -> None:
-    f, made = fleet(Deployment(batch=1, workers=2, partitions=2))
+    f, made = fleet(Deployment(batch=1, workers=2, partitions=2, shared=False))
     f.arrive([ev("a", "1", 0.0), ev("b", "1", 0.1), ev("a", "2", 0.2)])
     f.restart()
     assert len(made) == 4 and all(r.steps == [] for r in made[2:])

@@ -17,6 +17,7 @@ from model_core.als import ALSModel
 from model_core.config import ALSConfig
 from model_core.events import Event, EventType
 from model_core.online import OnlineRecommender
+from model_core.shared import user_key
 from model_core.state import UserHistory
 from streams.codec import encode_erase
 from streams.settings import Settings, load_settings
@@ -109,7 +110,7 @@ def test_a_batch_whose_compute_fails_is_dead_lettered_whole_and_its_erase_still_
     assert (settings.recommendations_topic, b"gone", None, 0) in produced(out, settings.recommendations_topic)
     marker = store.get(0, "gone")
     assert marker.entries == {} and marker.position == (0, 11)
-    assert served.rec.trending.sessions.own_slot("gone") == -1
+    assert served.rec.trending.sessions.own_slot(user_key("gone")) == -1
     assert after is not None  # the marker becomes a tombstone once the erase's offset is committed
     after()
     assert (settings.state_topic, b"gone", None, 0, [(EPOCH_HEADER, b"5")]) in produced(out, settings.state_topic)
@@ -165,10 +166,10 @@ def test_erase_drops_what_the_model_keeps_under_the_users_id(served: ServedModel
         ev = Event("u", item, EventType.VIEW, T0 + j)
         rec.apply(h, ev)
         rec.step([ev], {"u": h})
-    assert rec.trending.sessions.own_slot("u") >= 0 and "u" in rec._new_items["new-item"]
+    assert rec.trending.sessions.own_slot(user_key("u")) >= 0 and user_key("u") in rec._new_items["new-item"]
     rec.forget_users(["u"])
-    assert rec.trending.sessions.own_slot("u") == -1 and "u" not in rec._new_items["new-item"]
-    assert not any("u" in seen for seen in rec._new_items.values())
+    assert rec.trending.sessions.own_slot(user_key("u")) == -1 and "u" not in rec._new_items["new-item"]
+    assert not any(user_key("u") in seen for seen in rec._new_items.values())
 
 
 class CountingStore(UserStateStore):

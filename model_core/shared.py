@@ -1,0 +1,237 @@
+"""The served model's item side as a replicated log: deltas every worker applies, and snapshots.
+
+A worker learns a batch in two halves. The worker that owns the batch's users
+derives what the batch teaches the item side (``OnlineRecommender.plan_step``
+puts it in ``Step.delta``): an ``ItemDelta``, keyed by item id and by a keyed
+hash of the user id (``user_key``), never by a process's vocabulary rows or a
+raw user id. Every replica of the item side, the owner's included, then applies
+the same deltas in the same order (``OnlineRecommender.learn``), so replicas that
+applied the same prefix of the log hold the same state: the streams layer puts
+the deltas on a one-partition topic that every worker reads.
+
+What a delta carries:
+
+- ``items``: (item, event weight, event time, category) per event, in order
+  (trending, popularity, freshness, categories);
+- ``sequences``: per user, (user key, earlier items with times, new events), from
+  which sequential rules, co-visitation and the user's session-kNN record follow;
+- ``new_items``: (item, user key, weight) and one vector per row of ``new_vectors``,
+  the contributions to items with no trained vector (folded in by every replica);
+- ``examples``: the ranker's training lists (features by position, no rows);
+- ``forget``: user keys whose session-kNN record and new-item contributions go
+  (an erase).
+
+``encode_delta`` / ``decode_delta`` are the wire form (zlib-compressed JSON, the
+arrays as little-endian bytes); ``snapshot`` / ``restore`` save and load a whole
+item side with the log position it covers.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import zlib
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import orjson
+
+from model_core.errors import BadInputError, ModelIncompatibleError
+from model_core.signals import Examples, Sequence_, StreamSignals
+
+if TYPE_CHECKING:
+    from model_core.online import OnlineRecommender
+
+__all__ = ["ItemDelta", "decode_delta", "encode_delta", "restore", "snapshot", "user_key"]
+
+_FORMAT = 1
+
+
+def user_key(user_id: str) -> str:
+    """The pseudonym the item side keeps a user's contributions under (never the raw id)."""
+    return hashlib.blake2b(user_id.encode("utf-8", "surrogatepass"), digest_size=12,
+                           person=b"freshrec-user").hexdigest()
+
+
+@dataclass
+class ItemDelta:
+    """What one batch teaches the item side (see the module docstring)."""
+
+    items: list[tuple[str, float, float, str | None]] = field(default_factory=list)
+    sequences: list[Sequence_] = field(default_factory=list)
+    new_items: list[tuple[str, str, float]] = field(default_factory=list)
+    new_vectors: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
+    examples: Examples | None = None
+    forget: list[str] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.items or self.sequences or self.new_items or self.forget
+                    or (self.examples is not None and self.examples.lists))
+
+    def split(self) -> list[ItemDelta]:
+        """Two deltas that applied in order do what this one does (for a record too large)."""
+        h = len(self.items) // 2
+        s = len(self.sequences) // 2
+        n = len(self.new_items) // 2
+        first = ItemDelta(self.items[:h], self.sequences[:s], self.new_items[:n], self.new_vectors[:n],
+                          self.examples, self.forget)
+        second = ItemDelta(self.items[h:], self.sequences[s:], self.new_items[n:], self.new_vectors[n:])
+        return [first, second]
+
+
+def _b64(a: np.ndarray, dtype: str) -> str:
+    return base64.b64encode(np.ascontiguousarray(a, dtype=dtype).tobytes()).decode()
+
+
+def _arr(s: str, dtype: str) -> np.ndarray:
+    return np.frombuffer(base64.b64decode(s), dtype=dtype).copy()
+
+
+def encode_delta(d: ItemDelta) -> bytes:
+    """The wire form of a delta (zlib-compressed JSON; feature rows as float32)."""
+    doc: dict[str, Any] = {"v": _FORMAT, "items": d.items, "seq": d.sequences, "new": d.new_items,
+                           "forget": d.forget}
+    if d.new_items:
+        doc["vec"] = [int(d.new_vectors.shape[1]), _b64(d.new_vectors, "<f4")]
+    ex = d.examples
+    if ex is not None and ex.lists:
+        doc["ex"] = [ex.lists, int(ex.x.shape[1]), _b64(ex.list_of, "<i4"), _b64(ex.positive, "u1"),
+                     _b64(ex.x, "<f4")]
+    return zlib.compress(orjson.dumps(doc), 1)
+
+
+def decode_delta(data: bytes) -> ItemDelta:
+    """A delta from ``encode_delta``'s bytes; BadInputError for anything else."""
+    try:
+        doc = orjson.loads(zlib.decompress(data))
+        if doc.get("v") != _FORMAT:
+            raise BadInputError(f"item delta format {doc.get('v')!r}, expected {_FORMAT}")
+        items = [(str(i), float(w), float(t), None if c is None else str(c)) for i, w, t, c in doc["items"]]
+        seqs: list[Sequence_] = [
+            (str(k), [(str(i), float(t)) for i, t in prev], [(str(i), float(w), float(t)) for i, w, t in new])
+            for k, prev, new in doc["seq"]]
+        new_items = [(str(i), str(k), float(w)) for i, k, w in doc["new"]]
+        vectors = np.zeros((0, 0), np.float32)
+        if new_items:
+            k, raw = doc["vec"]
+            vectors = _arr(raw, "<f4").astype(np.float32).reshape(len(new_items), int(k))
+        examples = None
+        if "ex" in doc:
+            lists, f, seg, pos, x = doc["ex"]
+            list_of = _arr(seg, "<i4").astype(np.int64)
+            examples = Examples(list_of, _arr(x, "<f4").astype(np.float64).reshape(len(list_of), int(f)),
+                                _arr(pos, "u1").astype(bool), int(lists))
+        return ItemDelta(items, seqs, new_items, vectors, examples, [str(k) for k in doc["forget"]])
+    except BadInputError:
+        raise
+    except Exception as exc:  # zlib, JSON, shapes: a record that is not a delta
+        raise BadInputError(f"not an item delta: {exc!r}") from exc
+
+
+# -- snapshots --------------------------------------------------------------------------------------
+
+def _edges(graph: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    a, b, w = [], [], []
+    for r, e in enumerate(graph.edges):
+        if e:
+            a.extend([r] * len(e))
+            b.extend(e.keys())
+            w.extend(e.values())
+    return np.asarray(a, np.int64), np.asarray(b, np.int64), np.asarray(w, np.float64)
+
+
+def _set_edges(graph: Any, a: np.ndarray, b: np.ndarray, w: np.ndarray) -> None:
+    for x, y, v in zip(a.tolist(), b.tolist(), w.tolist()):
+        graph.edges[x][y] = v
+    graph.dirty[: len(graph.edges)] = True
+
+
+def snapshot(rec: OnlineRecommender, position: int) -> bytes:
+    """The item side of ``rec`` (signals, ranker, new items' contributions, availability) as
+    bytes, with the log ``position`` it covers (the next delta to apply after it)."""
+    sig = rec.trending
+    n = len(sig.ids)
+    ses = sig.sessions
+    meta = {
+        "v": _FORMAT, "position": position, "ids": sig.ids, "categories": list(sig.categories),
+        "anchor": sig._anchor, "events": sig.events, "trained_lists": sig.trained_lists,
+        "owner": [[k, s, g] for k, (s, g) in ses.owner.items()], "next_slot": ses._next,
+        "new_items": [[item, [[k, w] for k, (_, w) in seen.items()]] for item, seen in rec._new_items.items()],
+        "unavailable": sorted(rec.unavailable), "model_version": rec.model_version,
+        "shape": [int(sig.hw.shape[0]), int(ses.items.shape[0]), int(ses.items.shape[1]), int(ses.p)],
+    }
+    vecs = [v for seen in rec._new_items.values() for v, _ in seen.values()]
+    arrays: dict[str, np.ndarray] = {
+        "trend": sig.trend[:n], "count": sig.count[:n], "last_seen": sig.last_seen[:n],
+        "category": sig.category[:n], "unavail": sig.unavailable[:n],
+        "ses_items": ses.items, "ses_gen": ses.gen, "ses_time": ses.last_time,
+        "post_slot": ses.post_slot[:n], "post_gen": ses.post_gen[:n], "post_next": ses.post_next[:n],
+        "w": sig.w, "hw": sig.hw, "hb": sig.hb, "hv": sig.hv,
+        "vecs": np.asarray(vecs, np.float32).reshape(len(vecs), rec._fold.factors),
+    }
+    for i, g2 in enumerate(sig._g2):
+        arrays[f"g2_{i}"] = g2
+    for name, graph in (("sr", sig.sr), ("covisit", sig.covisit)):
+        for part, a in zip("abw", _edges(graph)):
+            arrays[f"{name}_{part}"] = a
+    buf = io.BytesIO()
+    np.savez(buf, meta=np.frombuffer(orjson.dumps(meta), np.uint8), **arrays)  # type: ignore[arg-type]
+    return buf.getvalue()
+
+
+def restore(rec: OnlineRecommender, data: bytes) -> int:
+    """Load a ``snapshot`` into a fresh ``rec`` (nothing learned yet); returns its log position.
+
+    ModelIncompatibleError when the snapshot is unreadable or its shapes do not fit
+    ``rec``'s settings (ranker width, session store): start without it then.
+    """
+    try:
+        z = np.load(io.BytesIO(data), allow_pickle=False)
+        meta = orjson.loads(z["meta"].tobytes())
+        if meta.get("v") != _FORMAT:
+            raise ModelIncompatibleError(f"online-state snapshot format {meta.get('v')!r}, expected {_FORMAT}")
+        arrays = {k: z[k] for k in z.files if k != "meta"}
+    except ModelIncompatibleError:
+        raise
+    except Exception as exc:
+        raise ModelIncompatibleError(f"unreadable online-state snapshot: {exc!r}") from exc
+    sig: StreamSignals = rec.trending
+    ses = sig.sessions
+    want = [int(sig.hw.shape[0]), int(ses.items.shape[0]), int(ses.items.shape[1]), int(ses.p)]
+    if meta["shape"] != want:
+        raise ModelIncompatibleError(f"online-state snapshot shapes {meta['shape']} (ranker hidden, sessions, "
+                                     f"session length, postings) do not fit these settings {want}")
+    if sig.ids:
+        raise ModelIncompatibleError("restore needs a recommender that has learned nothing")
+    for item in meta["ids"]:
+        sig.row(item)
+    n = len(sig.ids)
+    sig.trend[:n], sig.count[:n], sig.last_seen[:n] = arrays["trend"], arrays["count"], arrays["last_seen"]
+    sig.unavailable[:n] = arrays["unavail"]
+    cats = meta["categories"]
+    sig.set_category([sig.ids[r] for r in np.flatnonzero(arrays["category"] >= 0).tolist()],
+                     [cats[c] for c in arrays["category"][arrays["category"] >= 0].tolist()])
+    sig._anchor, sig.events, sig.trained_lists = meta["anchor"], meta["events"], meta["trained_lists"]
+    ses.items[:], ses.gen[:], ses.last_time[:] = arrays["ses_items"], arrays["ses_gen"], arrays["ses_time"]
+    ses.post_slot[:n], ses.post_gen[:n], ses.post_next[:n] = (arrays["post_slot"], arrays["post_gen"],
+                                                              arrays["post_next"])
+    ses.owner = {k: (int(s), int(g)) for k, s, g in meta["owner"]}
+    ses._next = int(meta["next_slot"])
+    sig.w[:], sig.hw[:], sig.hb[:], sig.hv[:] = arrays["w"], arrays["hw"], arrays["hb"], arrays["hv"]
+    for i, g2 in enumerate(sig._g2):
+        g2[:] = arrays[f"g2_{i}"]
+    for name, graph in (("sr", sig.sr), ("covisit", sig.covisit)):
+        _set_edges(graph, arrays[f"{name}_a"], arrays[f"{name}_b"], arrays[f"{name}_w"])
+    vecs = arrays["vecs"]
+    at = 0
+    # contributions are user embeddings under the snapshot's model: another version folds anew
+    same_model = meta["model_version"] == rec.model_version
+    for item, seen in meta["new_items"] if same_model else ():
+        rec._new_items[item] = {k: (vecs[at + j], float(w)) for j, (k, w) in enumerate(seen)}
+        at += len(seen)
+    rec._fold_items([i for i in rec._new_items if rec._new_items[i]])
+    if meta["unavailable"]:
+        rec.set_available(meta["unavailable"], False)
+    return int(meta["position"])
