@@ -12,7 +12,10 @@ user was last published. Runs:
   reference the others are divided by;
 - ``per-event``: batches of one event (the gap of the worker's batching to per-event);
 - ``backfill``: batches of 256 regardless of time (a replay at full speed);
-- ``workers=N``: N workers on max(4, N) partitions, each learning from its own users;
+- ``workers=N``: N workers on max(4, N) partitions, serving from the one item side their
+  deltas build (``model_core.shared``), as the worker runs;
+- ``isolated=N``: the same, each worker learning the item side from its own users only
+  (what the deltas topic is worth);
 - ``restart=F``: one worker restarted at fraction F of the scored events.
 
 Figures go to ``benchmarks/results/served_path_quality_<name>.json``.
@@ -45,11 +48,11 @@ def deployment(run: str) -> Deployment:
     if run == "backfill":
         return Deployment(within_s=float("inf"))
     key, _, value = run.partition("=")
-    if key == "workers":
-        return Deployment(workers=int(value), partitions=max(4, int(value)))
+    if key in ("workers", "isolated"):
+        return Deployment(workers=int(value), partitions=max(4, int(value)), shared=key == "workers")
     if key == "restart":
         return Deployment(restart_at=float(value))
-    raise SystemExit(f"unknown run {run!r}: worker, per-event, backfill, workers=N or restart=F")
+    raise SystemExit(f"unknown run {run!r}: worker, per-event, backfill, workers=N, isolated=N or restart=F")
 
 
 def main() -> int:
