@@ -44,7 +44,8 @@ from model_core.signals import Examples, Sequence_, StreamSignals
 if TYPE_CHECKING:
     from model_core.online import OnlineRecommender
 
-__all__ = ["ItemDelta", "decode_delta", "encode_delta", "restore", "snapshot", "user_key"]
+__all__ = ["ItemDelta", "decode_delta", "encode_delta", "encode_parts", "pack", "restore", "snapshot",
+           "snapshot_arrays", "user_key"]
 
 _FORMAT = 1
 
@@ -148,9 +149,31 @@ def _set_edges(graph: Any, a: np.ndarray, b: np.ndarray, w: np.ndarray) -> None:
     graph.dirty[: len(graph.edges)] = True
 
 
+def encode_parts(d: ItemDelta, max_bytes: int) -> list[bytes]:
+    """``encode_delta``, split into records of at most ``max_bytes`` where it can be (applied
+    in order they do what ``d`` does); a delta that cannot be split further is one record."""
+    wire = encode_delta(d)
+    if len(wire) <= max_bytes or (len(d.items) < 2 and len(d.sequences) < 2 and len(d.new_items) < 2):
+        return [wire]
+    return [part for half in d.split() for part in encode_parts(half, max_bytes)]
+
+
 def snapshot(rec: OnlineRecommender, position: int) -> bytes:
     """The item side of ``rec`` (signals, ranker, new items' contributions, availability) as
     bytes, with the log ``position`` it covers (the next delta to apply after it)."""
+    return pack(snapshot_arrays(rec, position))
+
+
+def pack(arrays: dict[str, np.ndarray]) -> bytes:
+    """``snapshot_arrays`` as bytes (compressed: the costly half, which needs no lock)."""
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)  # type: ignore[arg-type]
+    return buf.getvalue()
+
+
+def snapshot_arrays(rec: OnlineRecommender, position: int) -> dict[str, np.ndarray]:
+    """A copy of the item side of ``rec`` as arrays (the quick half of ``snapshot``: run it where
+    nothing learns meanwhile)."""
     sig = rec.trending
     n = len(sig.ids)
     ses = sig.sessions
@@ -176,9 +199,9 @@ def snapshot(rec: OnlineRecommender, position: int) -> bytes:
     for name, graph in (("sr", sig.sr), ("covisit", sig.covisit)):
         for part, a in zip("abw", _edges(graph)):
             arrays[f"{name}_{part}"] = a
-    buf = io.BytesIO()
-    np.savez(buf, meta=np.frombuffer(orjson.dumps(meta), np.uint8), **arrays)  # type: ignore[arg-type]
-    return buf.getvalue()
+    arrays = {k: np.array(a, copy=True) for k, a in arrays.items()}
+    arrays["meta"] = np.frombuffer(orjson.dumps(meta), np.uint8).copy()
+    return arrays
 
 
 def restore(rec: OnlineRecommender, data: bytes) -> int:
