@@ -15,6 +15,7 @@ import pytest
 
 from model_core.als import ALSModel
 from model_core.config import ALSConfig
+from model_core.errors import ConfigError
 from model_core.events import Event, EventType
 from model_core.online import OnlineRecommender
 from model_core.state import UserHistory
@@ -320,6 +321,9 @@ def test_the_least_recently_published_users_list_goes_first(settings: Settings, 
     off = PublishedLists(0)
     off.put("a", "v", 0, ["i1"])
     assert len(off) == 0
+    assert load_settings(environ={"FRESHREC_LIVE_QUALITY_USERS": "1000"}).live_quality_users == 1000
+    with pytest.raises(ConfigError, match="FRESHREC_LIVE_QUALITY_USERS"):
+        load_settings(environ={"FRESHREC_LIVE_QUALITY_USERS": "-1"})
     # through the worker: one user remembered; the other's next event is no point
     proc, out, _ = processor(settings.with_(live_quality_users=1), served)
     proc.process([view(0, 1, "a", "i1", 1)])
