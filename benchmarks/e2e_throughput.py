@@ -39,6 +39,9 @@ One run, one embedded broker (Tansu, started here), one replayed backlog:
    (list published -> received: flush and the subscriber's fetch); and, from the workers'
    ``/metrics``, the micro-batches of this phase: events per batch, mean compute and
    publish milliseconds.
+   The workers' live quality (``freshrec_live_hits_total`` / ``freshrec_live_points_total``:
+   their published lists against their users' next events, HR@``FRESHREC_K``) at the end,
+   summed and per worker (``live_quality``).
 5. **footprint**: peak RSS (``VmHWM``) of each worker; the state changelog read from the
    start, mean value size of the latest record per user.
 
@@ -80,7 +83,7 @@ from streams.cli.replay import wait_until
 from streams.codec import encode_event
 from streams.kafka import client_config, ensure_topics, produce
 from streams.settings import Settings, load_settings
-from streams.worker.metrics import scrape
+from streams.worker.metrics import live_quality, scrape
 
 DAY = 86400.0
 CEILING_OF = "EventConsumer"
@@ -592,6 +595,9 @@ def main(argv: list[str] | None = None) -> int:
                 "worker_latency_ms": [{"p50": m.get('freshrec_latency_ms{quantile="0.5"}'),
                                        "p99": m.get('freshrec_latency_ms{quantile="0.99"}')} for m in final_metrics],
                 "changelog": changelog,
+                # the workers' published lists against their users' next events (HR@k as served)
+                "live_quality": {"k": settings.k, **live_quality(*final_metrics),
+                                 "per_worker": [live_quality(m) for m in final_metrics]},
                 "group_generations_synced": rebalances,
                 "backlog_produce_s": round(produce_s, 2), "train_s": round(train_s, 1),
                 "seconds": round(time.time() - t_run, 1),
@@ -620,6 +626,8 @@ worker(s): ratio at most {out['workers'] * out['model_only_ev_s'] / out['ceiling
 {out['freshness']['delivery_ms']['p50']} ms (p99 {out['freshness']['worker_ms']['p99']} / \
 {out['freshness']['delivery_ms']['p99']})
     micro-batches meanwhile                   {out['freshness']['batch']}
+  live HR@{out['live_quality']['k']} as served (hits / points)        {out['live_quality']['hr']} \
+({out['live_quality']['hits']} / {out['live_quality']['points']})
   peak RSS per worker                         {out['rss_mb']} MB
   changelog bytes per user (latest record)    {out['changelog_bytes_per_user']} ({out['changelog']['users']} users, \
 {out['changelog']['records']} records, {out['changelog']['bytes_total']} bytes written)

@@ -90,6 +90,11 @@ class Settings:
     ``fallback=trending``), seconds (FRESHREC_TRENDING_EVERY_S)."""
     metrics_interval_s: float = 5.0
     """How often the worker logs its metrics line, seconds (FRESHREC_METRICS_INTERVAL_S)."""
+    live_quality_users: int = 200_000
+    """Users whose last published list a worker keeps to score live quality as served (hits and points
+    of its lists against the users' next events, freshrec_live_hits_total / freshrec_live_points_total):
+    the least recently published are dropped first; about 0.4 KB each with 20-item lists; 0 = off
+    (FRESHREC_LIVE_QUALITY_USERS)."""
     web_port: int = 6066
     """Port of the worker's HTTP endpoint (/metrics for Prometheus); 0 = no web server (FRESHREC_WEB_PORT)."""
     data_dir: str = ".freshrec"
@@ -152,6 +157,9 @@ class Settings:
             raise ConfigError(f"FRESHREC_OFFSET_GAPS {self.offset_gaps!r} must be stop or allow")
         if self.on_error not in ON_ERROR:
             raise ConfigError(f"FRESHREC_ON_ERROR / --on-error {self.on_error!r} must be stop or dlq")
+        if self.live_quality_users < 0:
+            raise ConfigError(f"live_quality_users={self.live_quality_users} must be >= 0 "
+                              "(FRESHREC_LIVE_QUALITY_USERS)")
         if self.error_retries < 0:
             raise ConfigError(f"error_retries={self.error_retries} must be >= 0 (FRESHREC_ERROR_RETRIES)")
         for name in ("partitions", "replication", "k", "batch_size", "max_message_bytes", "max_id_length",

@@ -5,7 +5,9 @@ puts that part on the events topic as the shop's history (the worker group
 starts after it), starts a worker, replays the rest at a steady rate while
 printing lists as they update, retrains once from the topic during the replay
 (the gate decides; the worker swaps a promoted version in and the lists name
-it), then stops everything and prints (and with --json writes) a summary.
+it), then stops everything and prints (and with --json writes) a summary, with the
+worker's live quality (its published lists' HR@K against the users' next events, from
+its /metrics).
 """
 
 from __future__ import annotations
@@ -252,6 +254,14 @@ def _retrain(settings: Settings, models: Path) -> dict[str, Any]:
     return train_from_topic(settings, ALSConfig(), models, TrainOptions(holdout=600, warmup=2000, keep=0))
 
 
+def _live_quality(metrics: dict[str, float], k: int) -> dict[str, Any]:
+    """The worker's live HR@k (its published lists against its users' next events): hits, points, hr,
+    and the same by model version (``freshrec_live_hits_total`` / ``freshrec_live_points_total``)."""
+    from streams.worker.metrics import live_quality
+
+    return {"k": k, **live_quality(metrics)}
+
+
 def _stream(settings: Settings, replay_log: Path, rate: float, worker: subprocess.Popen[bytes],
             model_version: str, live: bool, models: Path, retrain_after: int) -> dict[str, Any]:
     from confluent_kafka import Producer
@@ -345,5 +355,6 @@ def _stream(settings: Settings, replay_log: Path, rate: float, worker: subproces
         "retrained": {"version": retrained.get("version"), "promoted": retrained.get("promoted"),
                       "why": retrained.get("gate", {}).get("why"), "seconds": retrained.get("seconds")},
         "lists_by_model": by_model,
+        "live_quality": _live_quality(metrics, settings.k),
         "_users": sorted(client.latest)[:1000],
     }

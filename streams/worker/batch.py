@@ -9,7 +9,9 @@ which commits the batch's offsets only after it returned. Each step reads on its
 2. ``apply``: each user's ``UserHistory`` (``UserStateStore``) takes the events; a
    message at or before the user's last applied offset is a re-delivery and changes
    nothing (exactly-once effect, with or without ids); an erase command forgets the
-   user, and the model forgets what it keeps under the user's id;
+   user, and the model forgets what it keeps under the user's id; each applied event is
+   scored against the list this worker last published to its user (live quality,
+   ``streams.worker.livequality``), counted once the batch is out;
 3. ``compute`` (compute thread, retried): the touched users' new lists, learning
    nothing yet, so a retry changes nothing. If it still fails, the batch's events
    are dead-lettered (``on_error=dlq``: nothing of them was applied, so replaying the
@@ -47,6 +49,7 @@ from streams.codec import (
 )
 from streams.settings import Settings
 from streams.worker.health import Health
+from streams.worker.livequality import PublishedLists
 from streams.worker.metrics import Metrics
 from streams.worker.model import ServedModel
 from streams.worker.publisher import Publisher
@@ -93,6 +96,8 @@ class Applied:
     arrived: dict[str, float] = field(default_factory=dict)  # user -> broker time of the newest event applied
     arrivals: list[float] = field(default_factory=list)  # broker time of every event applied
     state: dict[str, tuple[int, bytes]] = field(default_factory=dict)  # user -> (partition, state record)
+    scored: dict[str, list[int]] = field(default_factory=dict)  # live quality: model version -> [points, hits]
+    lists: list[list[tuple[str, float]]] = field(default_factory=list)  # compute's lists, in ``touched`` order
 
     def seal(self) -> Applied:
         """Encode each user's final state record once (an erased user's keeps the erase's offset)."""
@@ -120,6 +125,7 @@ class BatchProcessor:
         self.settings, self.model, self.store, self.out, self.health = settings, model, store, out, health
         self.metrics: Metrics = model.metrics
         self.limits = EventLimits.of(settings)
+        self.published = PublishedLists(settings.live_quality_users)  # live quality's last list per user
 
     def process(self, messages: list[Any]) -> Callable[[], None] | None:
         """One batch; returns what to do once its offsets are committed (synchronously), if anything."""
@@ -174,7 +180,16 @@ class BatchProcessor:
                 work.partition_of.pop(user, None)
                 work.erased[user] = (p, offset)
                 continue
+            # live quality: a point against the list this worker last published to the user (none
+            # after an erase in this batch) when the item is new to the user
+            last = None if user in work.erased else self.published.get(user, store.epoch(p))
+            if last is not None and (cmd.item_id in h.entries or cmd.item_id in h.purchased):
+                last = None
             if served.apply(h, cmd, (p, offset)):
+                if last is not None:
+                    counts = work.scored.setdefault(last[0], [0, 0])
+                    counts[0] += 1
+                    counts[1] += cmd.item_id in last[1]
                 t = broker_time(msg)
                 work.touched[user] = h
                 work.partition_of[user] = p
@@ -190,6 +205,7 @@ class BatchProcessor:
         started = time.perf_counter()
         result = self._retried("compute", lambda: self._on_compute(self.model.plan, work.events, work.touched))
         self.metrics.stage("compute", time.perf_counter() - started)
+        work.lists = result[1].lists  # what ``account`` remembers as published (live quality)
         return result
 
     def publish(self, work: Applied, rec: OnlineRecommender, lists: list[list[tuple[str, float]]],
@@ -238,12 +254,18 @@ class BatchProcessor:
         done.add_done_callback(report)
 
     def account(self, work: Applied, rec: OnlineRecommender) -> None:
-        """The batch is out: the store takes its state, and the metrics its counts."""
-        store, metrics = self.store, self.metrics
+        """The batch is out: the store takes its state, live quality its lists, and the metrics its counts."""
+        store, metrics, published = self.store, self.metrics, self.published
         for user, (p, value) in work.state.items():
             store.put(p, user, value)
         for user, (p, _) in work.erased.items():
+            published.forget(user)
             log.info("erased user %r (partition %d)", user, p)
+        # erasures first: a user erased and then active again in this batch keeps the new list
+        for (user, _), items in zip(work.touched.items(), work.lists):
+            published.put(user, rec.model_version, store.epoch(work.partition_of[user]), [i for i, _ in items])
+        for version, (points, hits) in work.scored.items():
+            metrics.live(version, points, hits)
         metrics.inc("events_applied", len(work.events))
         metrics.inc("lists_out", len(work.touched))
         metrics.inc("users_erased", len(work.erased))

@@ -2,16 +2,20 @@
 
 Served as Prometheus text on ``/metrics`` (the worker's web port) and summed up
 in one log line every few seconds. Each ``Metrics`` has its own registry, so
-several in one process (tests) do not collide.
+several in one process (tests) do not collide. Live quality (the worker's published
+lists scored against its users' next events, ``streams.worker.livequality``) is counted
+per model version: ``freshrec_live_points_total`` and ``freshrec_live_hits_total``.
 """
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from prometheus_client import (
@@ -25,7 +29,7 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-__all__ = ["COUNTERS", "Metrics", "scrape"]
+__all__ = ["COUNTERS", "Metrics", "live_quality", "parse", "scrape"]
 
 disable_created_metrics()  # no *_created series: scrapers derive starts from uptime
 
@@ -44,6 +48,12 @@ COUNTERS = {
     "catalog_updates": "Catalog messages applied",
     "model_swaps": "Model versions swapped in without a restart",
     "model_errors": "Model versions that could not be loaded (old one kept)",
+}
+
+LIVE = {
+    "points": "Applied events scored against the last list this worker published to their user (the user had "
+              "one, the item was new to them), by that list's model version",
+    "hits": "Of the points, events whose item was in that list (hits / points: HR@K as served)",
 }
 
 STAGES = ("compute", "publish")
@@ -68,6 +78,7 @@ class Metrics:
     _latency_ms: deque[float] = field(init=False)
     _batch_sizes: deque[int] = field(init=False)
     _stage_ms: dict[str, deque[float]] = field(init=False)
+    _live: dict[str, list[int]] = field(default_factory=dict)  # model version -> [points, hits]
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
@@ -76,6 +87,8 @@ class Metrics:
         self._stage_ms = {stage: deque(maxlen=1000) for stage in STAGES}
         self._counters = {name: Counter(f"freshrec_{name}", doc, registry=self.registry)
                           for name, doc in COUNTERS.items()}
+        self._live_counters = {name: Counter(f"freshrec_live_{name}", doc, ["model_version"], registry=self.registry)
+                               for name, doc in LIVE.items()}
         self._freshness = Histogram("freshrec_freshness_seconds", "Event broker timestamp to its list published",
                                     buckets=FRESHNESS_BUCKETS, registry=self.registry)
         self._batch_size = Histogram("freshrec_batch_size", "Events per micro-batch",
@@ -97,6 +110,20 @@ class Metrics:
 
     def count(self, name: str) -> int:
         return int(self._counters[name]._value.get())
+
+    def live(self, model_version: str, points: int, hits: int) -> None:
+        """Live quality: ``points`` events scored against lists of ``model_version``, ``hits`` of them hits."""
+        self._live_counters["points"].labels(model_version).inc(points)
+        self._live_counters["hits"].labels(model_version).inc(hits)
+        with self._lock:
+            counts = self._live.setdefault(model_version, [0, 0])
+            counts[0] += points
+            counts[1] += hits
+
+    def live_quality(self) -> dict[str, tuple[int, int]]:
+        """Model version -> (points, hits) since the worker started."""
+        with self._lock:
+            return {v: (p, h) for v, (p, h) in self._live.items()}
 
     def batch(self, size: int) -> None:
         self._counters["batches"].inc()
@@ -129,6 +156,9 @@ class Metrics:
             snap[f"{name}_ms_mean"] = round(sum(ms) / len(ms), 1) if ms else None
         snap["lag"] = self.lag
         snap["model_version"] = self.model_version
+        points, hits = self.live_quality().get(self.model_version, (0, 0))  # the served version's lists
+        snap["live_points"], snap["live_hits"] = points, hits
+        snap["live_hr"] = round(hits / points, 3) if points else None
         snap["index_version"] = self.index_version
         snap["uptime_s"] = round(time.time() - self.started, 1)
         return snap
@@ -140,7 +170,8 @@ class Metrics:
             f"dlq={s['dlq']} | lists out={s['lists_out']} | batch mean={s['batch_size_mean']} "
             f"compute={s['compute_ms_mean']}ms publish={s['publish_ms_mean']}ms | "
             f"latency p50={s['latency_p50_ms']}ms p99={s['latency_p99_ms']}ms | lag={s['lag']} | "
-            f"model={s['model_version']} index={s['index_version']}"
+            f"model={s['model_version']} index={s['index_version']} "
+            f"live hr={s['live_hr']} ({s['live_hits']}/{s['live_points']})"
         )
 
     def prometheus(self) -> bytes:
@@ -171,7 +202,11 @@ def scrape(port: int, host: str = "127.0.0.1", timeout: float = 5.0) -> dict[str
     """A worker's /metrics as series -> value (``freshrec_dlq_total``, ``freshrec_latency_ms{quantile="0.5"}``)."""
     import urllib.request
 
-    text = urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=timeout).read().decode()
+    return parse(urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=timeout).read().decode())
+
+
+def parse(text: str) -> dict[str, float]:
+    """Prometheus text as series -> value (what ``scrape`` returns)."""
     out = {}
     for line in text.splitlines():
         if line and not line.startswith("#"):
@@ -181,3 +216,25 @@ def scrape(port: int, host: str = "127.0.0.1", timeout: float = 5.0) -> dict[str
             except ValueError:
                 continue
     return out
+
+
+_LIVE_SERIES = re.compile(r'^freshrec_live_(points|hits)_total\{model_version="((?:[^"\\]|\\.)*)"\}$')
+
+
+def live_quality(*scrapes: Mapping[str, float]) -> dict[str, Any]:
+    """Live quality summed over workers' scrapes (``scrape``): ``{"hits", "points", "hr", "by_model":
+    {version: {"hits", "points", "hr"}}}``; ``hr`` is None without points."""
+    by: dict[str, dict[str, float]] = {}
+    for series in scrapes:
+        for name, value in series.items():
+            m = _LIVE_SERIES.match(name)
+            if m is not None:
+                version = re.sub(r"\\(.)", lambda c: "\n" if c.group(1) == "n" else c.group(1), m.group(2))
+                counts = by.setdefault(version, {"hits": 0.0, "points": 0.0})
+                counts[m.group(1)] += value
+
+    def hr(hits: float, points: float) -> dict[str, Any]:
+        return {"hits": int(hits), "points": int(points), "hr": round(hits / points, 4) if points else None}
+
+    total = hr(sum(c["hits"] for c in by.values()), sum(c["points"] for c in by.values()))
+    return {**total, "by_model": {v: hr(c["hits"], c["points"]) for v, c in sorted(by.items())}}

@@ -27,6 +27,10 @@ def test_demo_applies_every_event_and_reports(tmp_path: Path) -> None:
     retrained = summary["retrained"]  # one round of training from the topic, gated
     assert retrained["version"] > summary["model_version"] and isinstance(retrained["promoted"], bool)
     assert retrained["why"] and summary["model_version"] in summary["lists_by_model"]
+    live = summary["live_quality"]  # the worker's published lists against its users' next events
+    assert live["k"] == 20 and 0 < live["hits"] <= live["points"]
+    assert live["hr"] == round(live["hits"] / live["points"], 4)
+    assert summary["model_version"] in live["by_model"]
     served = summary["serve"]  # the demo's own `freshrec serve`, measured over HTTP
     assert served["url"].startswith("http://127.0.0.1:") and served["requests"] == 300
     assert served["ok"] == 300 and 0 < served["get_latency_ms"]["p50"] <= served["get_latency_ms"]["p99"]

@@ -24,6 +24,7 @@ from streams.codec import Recommendation
 from streams.kafka import client_config
 from streams.recommendation_client import RecommendationClient
 from streams.settings import Settings, load_settings
+from streams.worker.metrics import live_quality, scrape
 
 SYNTH = SynthConfig(users=400, items=150, events=30_000, clusters=5, new_item_fraction=0.0, seed=11)
 T0 = SYNTH.start_time + SYNTH.days * 86400 + 3600  # after the training log
@@ -119,14 +120,31 @@ def test_bad_event_goes_to_the_dlq_and_the_next_one_is_applied(worker: Worker) -
     assert "not valid JSON" in reasons[0]["reason"] and "missing type, time" in reasons[1]["reason"]
 
 
+def counted(settings: Settings, applied: float, timeout: float = 10.0) -> dict[str, float]:
+    """The worker's /metrics once it counted ``applied`` events (it counts just after publishing)."""
+    deadline = time.time() + timeout
+    while (m := scrape(settings.web_port)).get("freshrec_events_applied_total", 0) < applied:
+        assert time.time() < deadline, f"the worker counted {m.get('freshrec_events_applied_total')} < {applied}"
+        time.sleep(0.1)
+    return m
+
+
 def test_replayed_events_are_applied_once(worker: Worker) -> None:
     s = worker.settings
+    applied = scrape(s.web_port).get("freshrec_events_applied_total", 0)
     rows = [view("dup-user", f"i{n}", n) for n in range(4)]
     produce(s, rows)
-    wait_for_list(s, "dup-user", applied=4)
+    first = wait_for_list(s, "dup-user", applied=4)
+    before = live_quality(counted(s, applied + 4))
     produce(s, rows[1:3] + [view("dup-user", "i9", 9)])  # two replays and one new event
     rec = wait_for_list(s, "dup-user", applied=5)
     assert rec.events_applied == 5 and rec.last_event_id == "dup-user-9"
+    # live quality: the new event is one point against the list it met; the replays are none
+    after = live_quality(counted(s, applied + 5))
+    assert after["points"] - before["points"] == 1
+    assert after["hits"] - before["hits"] == int("i9" in first.item_ids)
+    mine = after["by_model"][worker.first_version]
+    assert 0 < mine["points"] and 0 <= mine["hits"] <= mine["points"]  # earlier tests' users count too
 
 
 def test_unavailable_item_leaves_every_later_list(worker: Worker) -> None:

@@ -15,6 +15,7 @@ import pytest
 
 from model_core.als import ALSModel
 from model_core.config import ALSConfig
+from model_core.errors import ConfigError
 from model_core.events import Event, EventType
 from model_core.online import OnlineRecommender
 from model_core.shared import user_key
@@ -211,3 +212,123 @@ def test_each_published_item_says_which_sources_proposed_it(settings: Settings, 
     assert rec.sources is not None and len(rec.sources) == len(rec.items) == settings.k
     assert all(s and set(s) <= set(SOURCES) for s in rec.sources)
     assert any("foldin" in s for s in rec.sources)  # a user with known items: the fold-in proposes
+
+
+# -- live quality: the worker's published lists against its users' next events -----------------------
+
+
+def last_list(out: Any, settings: Settings, user: str) -> list[str]:
+    """The items of the newest list published to ``user``."""
+    from streams.codec import decode_recommendation
+
+    lists = [a for a in produced(out, settings.recommendations_topic) if a[1] == user.encode() and a[2] is not None]
+    return decode_recommendation(lists[-1][2]).item_ids
+
+
+def live(proc: BatchProcessor) -> dict[str, tuple[int, int]]:
+    return proc.metrics.live_quality()
+
+
+def test_live_quality_scores_each_new_item_against_the_users_last_published_list(
+        settings: Settings, served: ServedModel) -> None:
+    proc, out, _ = processor(settings, served)
+    version = served.rec.model_version
+    proc.process([view(0, 1, "a", "i1", 1)])
+    assert live(proc) == {}  # no list published to the user before: not a point
+    listed = last_list(out, settings, "a")
+    assert "i1" not in listed and len(listed) == settings.k
+    # a hit; in the same batch, a user without a list is no point
+    proc.process([view(0, 2, "a", listed[0], 2), view(1, 1, "b", "i1", 2)])
+    assert live(proc) == {version: (1, 1)}
+    listed = last_list(out, settings, "a")  # the list after that batch is the one scored next
+    miss = next(f"i{j}" for j in range(12) if f"i{j}" not in listed and f"i{j}" not in proc.store.get(0, "a").entries)
+    # a miss, then an item already in the user's history (no point)
+    proc.process([view(0, 3, "a", miss, 3), view(0, 4, "a", "i1", 4)])
+    assert live(proc) == {version: (2, 1)}
+    # the same messages read again (a re-delivery) score nothing
+    proc.process([view(0, 3, "a", miss, 3), view(0, 4, "a", "i1", 4)])
+    assert live(proc) == {version: (2, 1)} and proc.metrics.count("events_duplicate") == 2
+    text = proc.metrics.prometheus().decode()
+    assert f'freshrec_live_points_total{{model_version="{version}"}} 2.0' in text
+    assert f'freshrec_live_hits_total{{model_version="{version}"}} 1.0' in text
+    proc.metrics.model_version = version  # the log line shows the served version's (the worker sets it)
+    assert "live hr=0.5 (1/2)" in proc.metrics.log_line()
+
+
+def test_live_quality_counts_under_the_version_that_made_the_list(settings: Settings, served: ServedModel) -> None:
+    proc, out, _ = processor(settings, served)
+    assert served.rec is not None
+    old = served.rec.model_version
+    proc.process([view(0, 1, "a", "i1", 1)])
+    served.rec.model.version = "v-next"  # a newer version is served from now on
+    hit = last_list(out, settings, "a")[0]
+    proc.process([view(0, 2, "a", hit, 2)])  # scored against the old version's list
+    nxt = next(f"i{j}" for j in range(12) if f"i{j}" in last_list(out, settings, "a"))
+    proc.process([view(0, 3, "a", nxt, 3)])  # against the new version's
+    assert live(proc) == {old: (1, 1), "v-next": (1, 1)}
+    from streams.worker.metrics import live_quality, parse
+
+    summed = live_quality(parse(proc.metrics.prometheus().decode()), parse(proc.metrics.prometheus().decode()))
+    assert summed["hits"] == summed["points"] == 4 and summed["hr"] == 1.0
+    assert summed["by_model"]["v-next"] == {"hits": 2, "points": 2, "hr": 1.0}
+
+
+def test_an_erased_user_has_no_list_to_be_scored_against(settings: Settings, served: ServedModel) -> None:
+    proc, out, _ = processor(settings, served)
+    proc.process([view(0, 1, "a", "i1", 1), view(0, 2, "b", "i1", 1)])
+    hit_a, hit_b = last_list(out, settings, "a")[0], last_list(out, settings, "b")[0]
+    proc.process([erase(0, 3, "a")])
+    assert "a" not in proc.published and "b" in proc.published
+    proc.process([view(0, 4, "a", hit_a, 4)])
+    assert live(proc) == {}
+    # erased and active again in one batch: the events after the erase meet no list either
+    proc.process([erase(0, 5, "b"), view(0, 6, "b", hit_b, 6)])
+    assert live(proc) == {} and "b" in proc.published  # the new list is kept
+
+
+def test_a_dead_lettered_batch_scores_nothing_and_keeps_the_old_list(settings: Settings, served: ServedModel) -> None:
+    proc, out, _ = processor(settings, served)
+    assert served.rec is not None
+    proc.process([view(0, 1, "a", "i1", 1)])
+    hit = last_list(out, settings, "a")[0]
+    plan = served.rec.plan_step
+    served.rec.plan_step = MagicMock(side_effect=RuntimeError("model broke"))  # type: ignore[method-assign]
+    proc.process([view(0, 2, "a", hit, 2)])
+    assert live(proc) == {}
+    served.rec.plan_step = plan  # type: ignore[method-assign]
+    proc.process([view(0, 2, "a", hit, 2)])  # the DLQ replayed: now it counts, once
+    assert live(proc) == {served.rec.model_version: (1, 1)}
+
+
+def test_lists_from_before_a_partition_was_recovered_are_not_scored(settings: Settings, served: ServedModel) -> None:
+    proc, out, store = processor(settings, served)
+    proc.process([view(0, 1, "a", "i1", 1)])
+    hit = last_list(out, settings, "a")[0]
+    store._install(0, dict(store._parts[0]), 50)  # lost and recovered: another owner may have published since
+    proc.process([view(0, 2, "a", hit, 2)])
+    assert live(proc) == {}
+
+
+def test_the_least_recently_published_users_list_goes_first(settings: Settings, served: ServedModel) -> None:
+    from streams.worker.livequality import PublishedLists
+
+    lists = PublishedLists(2)
+    lists.put("a", "v", 0, ["i1"])
+    lists.put("b", "v", 0, ["i2"])
+    lists.put("a", "v", 0, ["i3"])  # published again: now the newest
+    lists.put("c", "v", 0, ["i4"])
+    assert "b" not in lists and lists.get("a", 0) == ("v", ("i3",)) and len(lists) == 2
+    assert lists.get("c", 1) is None  # another epoch of the partition
+    off = PublishedLists(0)
+    off.put("a", "v", 0, ["i1"])
+    assert len(off) == 0
+    assert load_settings(environ={"FRESHREC_LIVE_QUALITY_USERS": "1000"}).live_quality_users == 1000
+    with pytest.raises(ConfigError, match="FRESHREC_LIVE_QUALITY_USERS"):
+        load_settings(environ={"FRESHREC_LIVE_QUALITY_USERS": "-1"})
+    # through the worker: one user remembered; the other's next event is no point
+    proc, out, _ = processor(settings.with_(live_quality_users=1), served)
+    proc.process([view(0, 1, "a", "i1", 1)])
+    hit = last_list(out, settings, "a")[0]
+    proc.process([view(1, 1, "b", "i1", 1)])
+    proc.process([view(0, 2, "a", hit, 2)])
+    assert live(proc) == {} and "b" not in proc.published and "a" in proc.published
