@@ -73,6 +73,10 @@ def is_error(msg: Any, topic: str) -> bool:
     return True
 
 
+DELTA_MAX_BYTES = 1_000_000
+"""Largest item-side delta record (a larger delta is split in order; Kafka's default limit is ~1 MB)."""
+
+
 def topic_specs(settings: Settings) -> dict[str, dict[str, Any]]:
     """Name -> partitions and config of every topic freshrec uses."""
     p = settings.partitions
@@ -83,6 +87,8 @@ def topic_specs(settings: Settings) -> dict[str, dict[str, Any]]:
         settings.recommendations_topic: {"partitions": p, "config": {"cleanup.policy": "compact"}},
         settings.trending_topic: {"partitions": 1, "config": {"cleanup.policy": "compact"}},
         settings.state_topic: {"partitions": p, "config": {"cleanup.policy": "compact"}},
+        settings.deltas_topic: {"partitions": 1, "config": {
+            "retention.ms": str(int(settings.deltas_retention_s * 1000)), "max.message.bytes": str(DELTA_MAX_BYTES)}},
     }
 
 

@@ -85,6 +85,17 @@ class Settings:
     benchmarks/batch_window.sh) (FRESHREC_BATCH_WITHIN_S)."""
     model_poll_s: float = 5.0
     """How often the worker looks for a newer model version, seconds (FRESHREC_MODEL_POLL_S)."""
+    snapshot_every_s: float = 300.0
+    """How often the worker that owns events partition 0 snapshots the item side every worker
+    shares (trending, item graphs, session kNN, the ranker, new items), seconds; a starting
+    worker loads the newest snapshot and applies the deltas after it (FRESHREC_SNAPSHOT_EVERY_S)."""
+    snapshot_dir: str = ""
+    """Where item-side snapshots are written and read; every worker must see the same directory
+    (the model volume does). Empty = <model dir>/online-state/<group> (FRESHREC_SNAPSHOT_DIR)."""
+    deltas_retention_s: float = 3600.0
+    """Retention of the item-side deltas topic, seconds, set when freshrec creates it: deltas older
+    than the newest snapshot are not needed, and an erased user's pseudonymous session records
+    are gone from the topic within this time (FRESHREC_DELTAS_RETENTION_S)."""
     trending_every_s: float = 10.0
     """How often a worker publishes the global trending list (what ``freshrec serve`` answers with
     ``fallback=trending``), seconds (FRESHREC_TRENDING_EVERY_S)."""
@@ -166,7 +177,8 @@ class Settings:
                      "compute_threads"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}={getattr(self, name)} must be >= 1 (FRESHREC_{name.upper()})")
-        for name in ("batch_within_s", "model_poll_s", "trending_every_s", "metrics_interval_s", "health_stall_s", "max_future_s"):
+        for name in ("batch_within_s", "model_poll_s", "trending_every_s", "metrics_interval_s", "health_stall_s", "max_future_s",
+                     "snapshot_every_s", "deltas_retention_s"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name}={getattr(self, name)} must be > 0 (FRESHREC_{name.upper()})")
         self.foldin  # noqa: B018 - validates history_size, half_life_s, position_decay (ConfigError)
@@ -227,6 +239,12 @@ class Settings:
         """The global trending list (key ``b"global"``; compacted): what ``freshrec serve`` answers for
         an unknown user when asked for ``fallback=trending``."""
         return f"{self.topic_prefix}.trending"
+
+    @property
+    def deltas_topic(self) -> str:
+        """The item side's replicated log: every worker's batch deltas, read by every worker of the
+        group (one partition, so one order)."""
+        return f"{self.topic_prefix}.deltas.{self.group}"
 
     @property
     def state_topic(self) -> str:

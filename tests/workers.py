@@ -19,7 +19,8 @@ class WorkerProcess:
         env = dict(os.environ, FRESHREC_DEVICE="cpu", **{
             f"FRESHREC_{name.upper()}": str(getattr(settings, name)) for name in (
                 "brokers", "profile", "topic_prefix", "partitions", "web_port", "group", "k", "model_poll_s",
-                "metrics_interval_s", "data_dir", "batch_within_s", "assignment", "kafka_debug", "trending_every_s")})
+                "metrics_interval_s", "data_dir", "batch_within_s", "assignment", "kafka_debug", "trending_every_s",
+                "snapshot_every_s")})
         self.log = log
         with open(log, "ab") as out:
             self.proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "worker", "--model", str(models)],

@@ -7,6 +7,7 @@ The worker's parts, one concern a module:
 - ``batch``: one micro-batch (decode, apply, compute, publish, learn);
 - ``userstate``: per-user state in memory and in its changelog, with owner epochs;
 - ``model``: the served model, its swaps and the compute thread;
+- ``itemside``: the item side every worker shares (the deltas topic, snapshots);
 - ``publisher``: the one librdkafka producer; ``catalog``: the catalog listener;
 - ``app``: the Faust app (web pages, timers, lifecycle); ``health``, ``metrics``, ``debug``.
 """
@@ -28,12 +29,14 @@ import faust
 
 from model_core.config import FoldInConfig
 from streams.codec import encode_trending
+from streams.errors import BrokerUnavailableError
 from streams.kafka import client_config, ensure_topics, produce
 from streams.settings import Settings
 from streams.worker.batch import EXIT_FATAL, BatchProcessor, fatal
 from streams.worker.catalog import CATALOG_EVENTS, CatalogListener
 from streams.worker.consumer import EventConsumer
 from streams.worker.health import Health
+from streams.worker.itemside import ItemSide, snapshot_dir
 from streams.worker.metrics import Metrics
 from streams.worker.model import ServedModel
 from streams.worker.publisher import Publisher
@@ -56,6 +59,8 @@ class Worker:
         self.out = Publisher(settings)
         self.batches = BatchProcessor(settings, self.model, self.store, self.out, self.health)
         self.consumer = EventConsumer(settings, self.batches.process, self, self.metrics)
+        self.itemside = ItemSide(settings, self.model, self.metrics, snapshot_dir(settings, Path(model_root)),
+                                 owns_snapshots=lambda: 0 in self.health.assigned)
         self.catalog: CatalogListener | None = None
         self._trending_out: Any = None
         self._stopping = threading.Event()
@@ -91,7 +96,17 @@ class Worker:
         threading.Thread(target=self.consume, name="freshrec-consumer", daemon=True).start()
 
     def consume(self) -> None:
-        """The consumer thread's body: a fault that escapes it stops the process (exit 70)."""
+        """The consumer thread's body: the item side restored and caught up, then the events
+        consumer; a fault that escapes it stops the process (exit 70)."""
+        try:
+            self.itemside.restore()
+            self.itemside.catch_up()
+        except BrokerUnavailableError as exc:
+            fatal(f"cannot catch up on the item side's deltas: {exc}")
+        if self._stopping.is_set():  # stopped while catching up: nothing consumed, nothing to commit
+            self.consumer.stopped.set()
+            return
+        self.itemside.start()
         self.health.consuming = True
         try:
             self.consumer.run()
@@ -107,6 +122,7 @@ class Worker:
         """Finish the batch in hand and commit it, close the consumer (it leaves the group, except on
         the embedded broker: ``EventConsumer.leave_on_close``); then stop the other threads."""
         self._stopping.set()
+        self.itemside.stopping.set()
         self.consumer.stop()
         if not self.consumer.stopped.wait(60):
             log.warning("the events consumer did not stop within 60s")

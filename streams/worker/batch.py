@@ -18,12 +18,13 @@ which commits the batch's offsets only after it returned. Each step reads on its
    DLQ applies them once; erase commands are still applied) or the worker stops
    (``on_error=stop``);
 4. ``publish``: one list per touched user, the users' state (with the owner's epoch,
-   see ``streams.worker.userstate``), dead letters, flushed (retried). A flush that
-   still fails stops the worker: part of the batch may be out, and the batch is read
-   again after the restart, its effect applied once;
-5. ``learn`` (compute thread, once, not awaited): the batch's global side (the
-   ranker's examples, trending, item graphs, new items) runs while the consumer
-   takes the next batch; the compute thread runs it before the next batch's compute.
+   see ``streams.worker.userstate``), the batch's item-side delta (the ranker's examples,
+   trending, item graphs, sessions, new items; with an erase's ``forget``), dead letters,
+   flushed (retried). A flush that still fails stops the worker: part of the batch may be
+   out, and the batch is read again after the restart, its effect applied once on the
+   users' state (the item side may then learn part of it twice, or miss it);
+5. nothing is learned here: every worker, this one included, learns the batch's delta when
+   it reads it back from the deltas topic (``streams.worker.itemside``).
 """
 
 from __future__ import annotations
@@ -98,6 +99,7 @@ class Applied:
     state: dict[str, tuple[int, bytes]] = field(default_factory=dict)  # user -> (partition, state record)
     scored: dict[str, list[int]] = field(default_factory=dict)  # live quality: model version -> [points, hits]
     lists: list[list[tuple[str, float]]] = field(default_factory=list)  # compute's lists, in ``touched`` order
+    deltas: list[bytes] = field(default_factory=list)  # item-side delta records (model_core.shared)
 
     def seal(self) -> Applied:
         """Encode each user's final state record once (an erased user's keeps the erase's offset)."""
@@ -109,7 +111,8 @@ class Applied:
 
     def erasures(self) -> Applied:
         """The batch's erasures alone (what a batch whose compute failed still applies)."""
-        return Applied(erased=dict(self.erased), state={u: (p, _erased(u, p, o)) for u, (p, o) in self.erased.items()})
+        return Applied(erased=dict(self.erased), state={u: (p, _erased(u, p, o)) for u, (p, o) in self.erased.items()},
+                       deltas=list(self.deltas))
 
 
 def _erased(user: str, partition: int, offset: int) -> bytes:
@@ -134,8 +137,8 @@ class BatchProcessor:
         valid, dead = self.decode(messages)
         work = self.apply(valid)
         rec, plan = self.model.rec, None
-        if work.erased:
-            self._on_compute(self.model.forget, list(work.erased))
+        if work.erased:  # this worker forgets at once; the delta makes every other forget too
+            work.deltas += self._on_compute(self.model.forget, list(work.erased))
         if work.touched:
             try:
                 rec, plan = self.compute(work)
@@ -144,8 +147,6 @@ class BatchProcessor:
                 return self._after_erase(work)
         assert rec is not None
         self.publish(work, rec, plan.lists if plan else [], dead, plan.sources if plan else None)
-        if plan is not None:
-            self.learn(rec, plan)
         self.account(work, rec)
         self.health.progress()
         return self._after_erase(work)
@@ -201,17 +202,20 @@ class BatchProcessor:
         return work.seal()
 
     def compute(self, work: Applied) -> tuple[OnlineRecommender, Step]:
-        """The touched users' lists on the compute thread (retried; learns nothing)."""
+        """The touched users' lists and the batch's delta records on the compute thread (retried;
+        learns nothing)."""
         started = time.perf_counter()
-        result = self._retried("compute", lambda: self._on_compute(self.model.plan, work.events, work.touched))
+        rec, plan, wire = self._retried("compute", lambda: self._on_compute(self.model.plan, work.events,
+                                                                             work.touched))
         self.metrics.stage("compute", time.perf_counter() - started)
-        work.lists = result[1].lists  # what ``account`` remembers as published (live quality)
-        return result
+        work.lists = plan.lists  # what ``account`` remembers as published (live quality)
+        work.deltas += wire
+        return rec, plan
 
     def publish(self, work: Applied, rec: OnlineRecommender, lists: list[list[tuple[str, float]]],
                 dead: list[tuple[Any, str]], sources: list[list[tuple[str, ...]]] | None = None) -> None:
         """Lists, state and dead letters, flushed (retried; still failing stops the worker)."""
-        if not (work.touched or work.erased or dead):
+        if not (work.touched or work.erased or dead or work.deltas):
             return
         s, out, store = self.settings, self.out, self.store
         now = time.time()
@@ -230,6 +234,8 @@ class BatchProcessor:
                             work.partition_of[user])
             for user, (p, value) in work.state.items():
                 out.produce(s.state_topic, user.encode(), value, p, store.headers(p))
+            for delta in work.deltas:
+                out.produce(s.deltas_topic, None, delta, 0)
             out.flush()  # state, lists and dead letters are on the broker before the events are committed
 
         try:
@@ -239,19 +245,6 @@ class BatchProcessor:
                                    "the restart and its effect applied once") from exc
         self.metrics.stage("publish", time.perf_counter() - started)
         self.metrics.latencies([(now - t) * 1000.0 for t in work.arrivals])
-
-    def learn(self, rec: OnlineRecommender, plan: Step) -> None:
-        """The batch's global learning, once, on the compute thread (not awaited: it overlaps
-        the next batch's intake and runs before that batch's compute)."""
-        done = self.model.executor.submit(self.model.learn, rec, plan)
-
-        def report(fut: Any) -> None:
-            if fut.exception() is not None:
-                self.metrics.inc("learn_errors")
-                log.error("learning a batch failed (its lists were published; the model did not learn "
-                          "it): %r", fut.exception())
-
-        done.add_done_callback(report)
 
     def account(self, work: Applied, rec: OnlineRecommender) -> None:
         """The batch is out: the store takes its state, live quality its lists, and the metrics its counts."""

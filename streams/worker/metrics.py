@@ -48,6 +48,9 @@ COUNTERS = {
     "catalog_updates": "Catalog messages applied",
     "model_swaps": "Model versions swapped in without a restart",
     "model_errors": "Model versions that could not be loaded (old one kept)",
+    "deltas_applied": "Item-side deltas applied (every worker's batches, this worker's included)",
+    "deltas_bad": "Records of the deltas topic that were not a delta (skipped)",
+    "snapshots": "Item-side snapshots this worker wrote",
 }
 
 LIVE = {
@@ -56,7 +59,7 @@ LIVE = {
     "hits": "Of the points, events whose item was in that list (hits / points: HR@K as served)",
 }
 
-STAGES = ("compute", "publish")
+STAGES = ("compute", "publish", "deltas")
 STAGE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
 FRESHNESS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
@@ -95,7 +98,8 @@ class Metrics:
                                      buckets=(1, 8, 32, 64, 128, 256, 512, 1024, 4096), registry=self.registry)
         self._stage = Histogram("freshrec_batch_stage_seconds", "Seconds a micro-batch spent in a stage: compute "
                                 "(model and lists, in the compute thread) or publish (lists, state and dead "
-                                "letters queued and flushed to the broker)", ["stage"], buckets=STAGE_BUCKETS,
+                                "letters queued and flushed to the broker), or deltas (item-side deltas of every worker applied, "
+                                "per read)", ["stage"], buckets=STAGE_BUCKETS,
                                 registry=self.registry)
         Gauge("freshrec_lag", "Events not yet consumed on this worker's partitions (reads low on the "
               "embedded broker)", registry=self.registry).set_function(lambda: -1 if self.lag is None else self.lag)
@@ -169,6 +173,7 @@ class Metrics:
             f"events in={s['events_in']} applied={s['events_applied']} dup={s['events_duplicate']} "
             f"dlq={s['dlq']} | lists out={s['lists_out']} | batch mean={s['batch_size_mean']} "
             f"compute={s['compute_ms_mean']}ms publish={s['publish_ms_mean']}ms | "
+            f"deltas applied={s['deltas_applied']} ({s['deltas_ms_mean']}ms) | "
             f"latency p50={s['latency_p50_ms']}ms p99={s['latency_p99_ms']}ms | lag={s['lag']} | "
             f"model={s['model_version']} index={s['index_version']} "
             f"live hr={s['live_hr']} ({s['live_hits']}/{s['live_points']})"

@@ -19,7 +19,9 @@ from model_core.errors import ModelIncompatibleError
 from model_core.events import Event
 from model_core.index import IndexConfig
 from model_core.online import OnlineRecommender, Step
+from model_core.shared import encode_parts
 from model_core.state import UserHistory
+from streams.kafka import DELTA_MAX_BYTES
 from streams.settings import Settings
 from streams.worker.metrics import Metrics
 
@@ -87,29 +89,29 @@ class ServedModel:
         self._note_versions()
         return old, fresh
 
-    def plan(self, events: list[Event], histories: dict[str, UserHistory]) -> tuple[OnlineRecommender, Step]:
-        """A batch's lists for its users, learning nothing yet (compute thread; safe to retry).
+    def plan(self, events: list[Event], histories: dict[str, UserHistory]
+             ) -> tuple[OnlineRecommender, Step, list[bytes]]:
+        """A batch's lists for its users and its item-side delta as records, learning nothing
+        (compute thread; safe to retry).
 
         Returns the model that made them, so the lists name the right versions even if a
         newer model is swapped in before they are published.
         """
         rec = self.rec
         assert rec is not None
-        return rec, rec.plan_step(events, histories, self.settings.k)
-
-    def learn(self, rec: OnlineRecommender, plan: Step) -> None:
-        """Learn a planned batch once (compute thread)."""
-        rec.learn_step(plan)
+        plan = rec.plan_step(events, histories, self.settings.k)
+        return rec, plan, encode_parts(plan.delta, DELTA_MAX_BYTES) if plan.delta else []
 
     def trending(self, n: int) -> tuple[str, list[tuple[str, float]]]:
         """(model version, the n most trending available items) (compute thread)."""
         assert self.rec is not None
         return self.rec.model_version, self.rec.trending.top(n)
 
-    def forget(self, users: Iterable[str]) -> None:
-        """Erase: drop what the model keeps under these users' ids (compute thread)."""
+    def forget(self, users: Iterable[str]) -> list[bytes]:
+        """Erase: drop what the model keeps under these users' ids (compute thread); returns the
+        delta records that make every worker forget them."""
         assert self.rec is not None
-        self.rec.forget_users(users)
+        return encode_parts(self.rec.forget_users(users), DELTA_MAX_BYTES)
 
     def catalog(self, item: str, available: bool, category: str | None) -> None:
         """Catalog update (compute thread, so never during a batch's search)."""
