@@ -14,8 +14,9 @@ one-event-at-a-time adapter (the trainer's promotion gate does not yet, see
   With ``shared=False`` each worker learns from its own users' events only (what workers
   without the deltas topic would serve, kept to measure what sharing is worth);
 - **micro-batches as the worker forms them**: a worker's batch closes at ``batch``
-  events or when the next event of its partitions is more than ``within_s`` (event time)
-  after the batch's first one, as a worker that reads the log at its real pace does;
+  events or once the stream's event time is more than ``within_s`` past the batch's
+  first event (every worker's clock runs, whether its partitions get events or not), as
+  a worker that reads the log at its real pace does;
   ``within_s=inf`` gives batches of exactly ``batch`` events (a backfill at full speed);
 - **the worker's own calls**: each event goes into its user's ``UserHistory`` through
   ``OnlineRecommender.apply`` with its (partition, offset), then ``step`` once per
@@ -137,6 +138,7 @@ class ServedFleet:
         self.batches = 0
         self._pending: list[list[tuple[Event, int, int]]] = [[] for _ in self.recs]
         self._first: list[float] = [0.0] * len(self.recs)
+        self._open: dict[int, None] = {}  # workers with an open batch, oldest first
         self._offsets = [0] * deployment.partitions
         self._partition: dict[str, int] = {}
 
@@ -151,12 +153,16 @@ class ServedFleet:
             p = self._partition.get(ev.user_id)
             if p is None:
                 p = self._partition[ev.user_id] = partition_of(ev.user_id, dep.partitions)
+            # time passes for every worker: a batch opened more than within_s ago has closed
+            while self._open and ev.time - self._first[next(iter(self._open))] > dep.within_s:
+                self._flush(next(iter(self._open)))
             w = p % len(self.recs)
             pending = self._pending[w]
-            if pending and (len(pending) >= dep.batch or ev.time - self._first[w] > dep.within_s):
+            if len(pending) >= dep.batch:
                 self._flush(w)
             if not pending:
                 self._first[w] = ev.time
+                self._open[w] = None
             pending.append((ev, p, self._offsets[p]))
             self._offsets[p] += 1
 
@@ -177,6 +183,7 @@ class ServedFleet:
 
     def _flush(self, w: int) -> None:
         pending = self._pending[w]
+        self._open.pop(w, None)
         if not pending:
             return
         rec, histories = self.recs[w], self.histories

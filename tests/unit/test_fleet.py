@@ -81,6 +81,16 @@ def test_a_batch_closes_at_its_size_or_when_the_next_event_is_late() -> None:
     assert [len(s) for s in r2.steps] == [2, 2, 1]
 
 
+def test_a_batch_closes_when_time_passes_whichever_worker_the_events_go_to() -> None:
+    a, b = "a", next(u for u in (f"u{i}" for i in range(100)) if partition_of(u, 2) != partition_of("a", 2))
+    f, recs = fleet(Deployment(batch=10, within_s=1.0, workers=2, partitions=2, shared=False))
+    f.arrive([ev(a, "1", 0.0), ev(b, "1", 0.5)])
+    assert f.served(a) == []  # a's batch is still open
+    f.arrive([ev(b, "2", 2.0)])  # 2 s later, though no event of a's worker came: it closed
+    assert f.served(a) and f.served(b)  # b's first batch (opened at 0.5) closed too
+    assert sorted(len(s) for r in recs for s in r.steps) == [1, 1]
+
+
 def test_a_user_sees_the_list_published_before_the_batch_of_their_event() -> None:
     f, _ = fleet(Deployment(batch=2, within_s=10.0))
     assert f.served("a") == []
