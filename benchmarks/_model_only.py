@@ -24,6 +24,7 @@ from pathlib import Path
 
 def main(argv: list[str]) -> int:
     from model_core.events import Event, event_from_json
+    from model_core.shared import decode_delta
     from model_core.state import UserHistory
     from streams.settings import load_settings
     from streams.worker import _limit_compute_threads
@@ -51,8 +52,9 @@ def main(argv: list[str]) -> int:
                 touched[ev.user_id] = h
                 applied.append(ev)
         if touched:
-            served, plan = model.plan(applied, touched)
-            model.learn(served, plan)
+            served, plan, wire = model.plan(applied, touched)
+            for record in wire:  # what every worker applies when it reads the record back
+                served.learn(decode_delta(record))
     seconds = time.perf_counter() - t0
     Path(out_path).write_text(json.dumps({"ev_s": round(len(events) / seconds, 1), "seconds": round(seconds, 2),
                                           "events": len(events), "batches": -(-len(events) // n)}))

@@ -24,7 +24,7 @@ One run, one embedded broker (Tansu, started here), one replayed backlog:
    (``_ceiling_agent ... stock``: a stock Faust app, Faust's ``kafka://`` transport and
    ``stream.take_events``, counting; ``faust_stock_ceiling_ev_s``), once.
    Then **the model alone** (``benchmarks._model_only``): the backlog through a worker's
-   compute (``ServedModel.plan`` + ``learn`` per micro-batch of the worker's size, each
+   compute (``ServedModel.plan``, then its delta records applied, per micro-batch of the worker's size, each
    event applied to its user's history first as ``BatchProcessor.apply`` does, one thread)
    with no Kafka, in a process of its own: no worker drains faster than this per process
    (``model_only_ev_s``).
@@ -590,6 +590,13 @@ def main(argv: list[str] | None = None) -> int:
                     "dlq": sum(int(m.get("freshrec_dlq_total", 0)) for m in drain_metrics),
                     "batches": sum(int(m.get("freshrec_batches_total", 0)) for m in drain_metrics),
                     "applied_series": series[:: max(1, len(series) // 60)],
+                    # the shared item side: every worker applies every worker's deltas; its compute
+                    # time per event of the whole stream, per worker
+                    "deltas": [{"applied": int(m.get("freshrec_deltas_applied_total", 0)),
+                                "seconds": round(m.get('freshrec_batch_stage_seconds_sum{stage="deltas"}', 0.0), 3),
+                                "us_per_stream_event": round(1e6 * m.get(
+                                    'freshrec_batch_stage_seconds_sum{stage="deltas"}', 0.0) / n, 1)}
+                               for m in drain_metrics],
                 },
                 "freshness": fresh_out,
                 "worker_latency_ms": [{"p50": m.get('freshrec_latency_ms{quantile="0.5"}'),
@@ -626,6 +633,7 @@ worker(s): ratio at most {out['workers'] * out['model_only_ev_s'] / out['ceiling
 {out['freshness']['delivery_ms']['p50']} ms (p99 {out['freshness']['worker_ms']['p99']} / \
 {out['freshness']['delivery_ms']['p99']})
     micro-batches meanwhile                   {out['freshness']['batch']}
+  shared item side: deltas applied per worker, us per stream event  {[d['applied'] for d in out['drain']['deltas']]}, {[d['us_per_stream_event'] for d in out['drain']['deltas']]}
   live HR@{out['live_quality']['k']} as served (hits / points)        {out['live_quality']['hr']} \
 ({out['live_quality']['hits']} / {out['live_quality']['points']})
   peak RSS per worker                         {out['rss_mb']} MB
