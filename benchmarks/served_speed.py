@@ -19,8 +19,10 @@ import numpy as np
 
 from model_core.als import train_als
 from model_core.config import ALSConfig
+from model_core.offline.fleet import Deployment, ServedFleet
 from model_core.offline.synth import SynthConfig, generate_events
-from model_core.online import OnlineRecommender, ServedRecommender
+from model_core.online import OnlineRecommender
+from model_core.state import UserHistory
 
 OUT = Path(__file__).parent / "results" / "served_speed.json"
 
@@ -30,19 +32,21 @@ def main() -> None:
                     key=lambda e: e.time)
     half = len(events) // 2
     model = train_als(events[:half], ALSConfig(), device="cpu")
-    served = ServedRecommender(OnlineRecommender(model, device="cpu"))
+    # warmed as a backfill replays the log: the worker's calls, batches of 256 at full speed
+    fleet = ServedFleet(lambda: OnlineRecommender(model, device="cpu"), Deployment(within_s=float("inf")))
     t = time.perf_counter()
-    served.fit(events[:half])
+    fleet.arrive(events[:half])
+    fleet.flush()
     warm_s = time.perf_counter() - t
+    rec, histories = fleet.recs[0], fleet.histories
     rng = np.random.default_rng(0)
-    users = [served.histories[u] for u in rng.choice(sorted(served.histories), 256, replace=False)]
-    served.rec.recommend(users, 20)
+    users = [histories[u] for u in rng.choice(sorted(histories), 256, replace=False)]
+    rec.recommend(users, 20)
     times = []
     for _ in range(20):
         t = time.perf_counter()
-        served.rec.recommend(users, 20)
+        rec.recommend(users, 20)
         times.append(time.perf_counter() - t)
-    rec = served.rec
 
     def worker_loop(fused: bool) -> float:
         """Events/s of the worker's batch loop over the next 10k events (state not rolled back:
@@ -54,7 +58,7 @@ def main() -> None:
             batch = events[i : i + 256]
             touched = {}
             for ev in batch:
-                h = served._history(ev.user_id)
+                h = histories.setdefault(ev.user_id, UserHistory(ev.user_id))
                 if rec.apply(h, ev):
                     touched[ev.user_id] = h
             if fused:  # what the worker runs: one search for the ranker's examples and the lists

@@ -36,12 +36,11 @@ from model_core.config import EventWeights, FoldInConfig
 from model_core.events import Event
 from model_core.foldin import FoldIn
 from model_core.index import IndexConfig, ItemIndex
-from model_core.reco import BaseRecommender, Ranked
 from model_core.shared import ItemDelta, user_key
 from model_core.signals import FEATURES, Candidates, SignalsConfig, StreamSignals
 from model_core.state import UserHistory
 
-__all__ = ["SOURCES", "OnlineRecommender", "Recommendation", "ServedRecommender", "Step"]
+__all__ = ["SOURCES", "OnlineRecommender", "Recommendation", "Step"]
 
 log = logging.getLogger(__name__)
 
@@ -506,44 +505,3 @@ class OnlineRecommender:
                 if sources is not None:
                     sources[b].extend(("trending",) for _ in extra)
         return out, sources
-
-
-class ServedRecommender(BaseRecommender):
-    """The served model behind the batched learn/recommend protocol.
-
-    It keeps each user's ``UserHistory`` the way the worker's table does, applies
-    a batch of events to them, then calls ``observe`` and ``recommend`` exactly as
-    the worker does: what the evaluation scores is what the worker serves.
-    """
-
-    def __init__(self, rec: OnlineRecommender, batch: int | None = None) -> None:
-        self.rec = rec
-        # warm start in batches the ranker trains on whole (train_per_batch lists a batch)
-        self.batch = batch or rec.trending.config.train_per_batch
-        self.histories: dict[str, UserHistory] = {}
-
-    def _history(self, user: str) -> UserHistory:
-        h = self.histories.get(user)
-        if h is None:
-            h = self.histories[user] = UserHistory(user)
-        return h
-
-    def fit(self, events: Sequence[Event]) -> None:
-        for i in range(0, len(events), self.batch):
-            self.learn(events[i : i + self.batch])
-
-    def learn(self, events: Sequence[Event]) -> None:
-        weights = self.rec.model.config.weights
-        touched: dict[str, UserHistory] = {}
-        applied = []
-        for ev in events:
-            h = self._history(ev.user_id)
-            if h.add(ev, weights, self.rec.foldin_config):
-                touched[ev.user_id] = h
-                applied.append(ev)
-        self.rec.observe(applied, touched)
-
-    def recommend(
-        self, users: Sequence[str], k: int, exclude: Sequence[Collection[str]] | None = None
-    ) -> list[Ranked]:
-        return self.rec.recommend([self._history(u) for u in users], k, exclude)

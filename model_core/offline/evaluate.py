@@ -31,7 +31,7 @@ from model_core.errors import BadInputError, ConfigError
 from model_core.events import Event, EventType
 from model_core.index import IndexConfig, ItemIndex
 from model_core.offline.fleet import Deployment, ServedFleet
-from model_core.online import OnlineRecommender, ServedRecommender
+from model_core.online import OnlineRecommender
 from model_core.reco import BaseRecommender, Ranked
 from model_core.state import UserHistory
 
@@ -293,7 +293,6 @@ def _score_stream(
     progress: bool = False,
     restart_at: float | None = None,
     window_s: float = 0.0,
-    at_event: bool = False,
 ) -> None:
     """The test-then-learn loop over ``test`` (``train`` only seeds who saw what).
 
@@ -305,8 +304,6 @@ def _score_stream(
     (same time) all meet the list from before the order, and a user who comes back meets
     the list of their last visit, for every model alike.
     ``restart_at``: the fleets restart (``ServedFleet.restart``) at that fraction of ``test``.
-    ``at_event``: baselines are instead asked at the event and learn each event after it (the
-    promotion gate's protocol, for now).
     """
     from tqdm import tqdm
 
@@ -330,18 +327,16 @@ def _score_stream(
             t = time.perf_counter()
             m.learn(moment)
             scores[name].seconds += time.perf_counter() - t
-        if not at_event:
-            publish(list(dict.fromkeys(ev.user_id for ev in moment)))
+        publish(list(dict.fromkeys(ev.user_id for ev in moment)))
         moment.clear()
 
-    if not at_event:
-        publish(sorted({ev.user_id for ev in test if ev.user_id in seen}))
+    publish(sorted({ev.user_id for ev in test if ev.user_id in seen}))
     restart = -1 if restart_at is None else int(len(test) * restart_at)
     for n, ev in enumerate(tqdm(test, desc="prequential", unit="ev", disable=not progress, mininterval=1.0)):
         if n == restart:
             for fleet in fleets.values():
                 fleet.restart()
-        if moment and (at_event or ev.time - moment[0].time > window_s):
+        if moment and ev.time - moment[0].time > window_s:
             learn_moment()
         s = seen.get(ev.user_id)
         if s and ev.item_id not in s:
@@ -350,8 +345,6 @@ def _score_stream(
                 t = time.perf_counter()
                 if isinstance(m, ServedFleet):
                     ranked = [i for i, _ in m.served(ev.user_id)[:k]]
-                elif at_event:
-                    ranked = [i for i, _ in m.recommend([ev.user_id], k, [s])[0][:k]]
                 else:
                     ranked = published[name].get(ev.user_id, [])
                 scores[name].seconds += time.perf_counter() - t
@@ -499,30 +492,35 @@ def compare_on_holdout(
     foldin: FoldInConfig | None = None,
     device: str = "auto",
     progress: bool = False,
+    deployment: Deployment | None = None,
 ) -> dict[str, Any]:
     """Is ``new`` worse than ``serving`` on the held-out events? The trainer's gate.
 
-    Each version is scored two ways, prequentially (HR@k, NDCG@k) on the same points:
-    the served model with its online state first warmed on ``warm`` (the events just before
-    the holdout) and asked per event (``ServedRecommender``), and by its factors alone
-    (fold-in and nearest items). Not yet through ``ServedFleet`` as ``evaluate`` is: on the
-    trainer test's small log, scored on published lists, a trained version served worse
-    than near-zero factors, which needs understanding before the gate changes. ``promoted`` is False when the new version is worse either way
-    by a paired sign test (``GATE_Z``); equal within noise is not worse.
+    Each version is scored two ways, prequentially (HR@k, NDCG@k) on the same points,
+    each event against the list its user was last published: the served model as the worker
+    serves it (``ServedFleet`` with the worker's batching, ``deployment``), its online state
+    first warmed on ``warm`` (the events just before the holdout), and by its factors alone
+    (fold-in and nearest items, published per moment as ``evaluate`` does). ``promoted`` is
+    False when the new version is worse either way by a paired sign test (``GATE_Z``); equal
+    within noise is not worse.
     """
     if not holdout:
         raise BadInputError("no held-out events to compare the models on")
     warm = sorted(warm, key=lambda e: e.time)
     test = sorted(holdout, key=lambda e: e.time)
     cfg = foldin or FoldInConfig()
-    built: dict[str, BaseRecommender] = {}
+    dep = deployment or Deployment()
+    built: dict[str, BaseRecommender | ServedFleet] = {}
     for name, m in (("new", new), ("serving", serving)):
-        built[name] = ServedRecommender(OnlineRecommender(m, cfg, device=device))
-        built[f"{name}_factors"] = FactorsOnly(OnlineRecommender(m, cfg, device=device))
-    for rec in built.values():
-        rec.fit(warm)
+        fleet = ServedFleet(lambda m=m: OnlineRecommender(m, cfg, device=device), dep, k)  # type: ignore[misc]
+        fleet.arrive(warm)
+        fleet.flush()
+        built[name] = fleet
+        factors = FactorsOnly(OnlineRecommender(m, cfg, device=device))
+        factors.fit(warm)
+        built[f"{name}_factors"] = factors
     scores = {name: _Score(per_point=[]) for name in built}
-    _score_stream(warm, test, built, scores, k, progress, at_event=True)
+    _score_stream(warm, test, built, scores, k, progress, window_s=dep.moment_s)
     out: dict[str, Any] = {"k": k, "points": scores["new"].points, "z_limit": GATE_Z}
     for name, sc in scores.items():
         r = sc.report(len(test))
