@@ -14,9 +14,10 @@ partitions a worker owns:
 - the worker that owns events partition 0 writes a snapshot every ``snapshot_every_s``
   (``<snapshot dir>/snapshot-<offset>.npz``, atomically; the newest two are kept).
 
-A delta whose bytes are not a delta is skipped, logged and counted (``deltas_bad``); a
-run of offsets deleted by retention before this worker read them is logged (the item
-side misses them; a snapshot newer than the retention avoids it).
+A record whose bytes are not a delta is skipped, logged and counted (``deltas_bad``), a
+delta whose learning raises too (``learn_errors``); a run of offsets deleted by retention
+before this worker read them is logged (the item side misses them; a snapshot newer than
+the retention avoids it).
 """
 
 from __future__ import annotations
@@ -124,7 +125,12 @@ class ItemSide(threading.Thread):
                 self.metrics.inc("deltas_bad")
                 log.warning("item side: skipped deltas record %d: %s", r.offset, exc)
                 continue
-            rec.learn(delta)
+            try:
+                rec.learn(delta)
+            except Exception as exc:  # a delta this model cannot learn must not stop the others
+                self.metrics.inc("learn_errors")
+                log.error("item side: learning deltas record %d failed (skipped): %r", r.offset, exc)
+                continue
             applied += 1
         if applied:
             self.metrics.inc("deltas_applied", applied)

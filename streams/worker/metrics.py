@@ -44,7 +44,7 @@ COUNTERS = {
     "batches_failed": "Batches that failed after their retries (dead-lettered with on_error=dlq)",
     "batches": "Micro-batches processed",
     "events_expired": "Events deleted by retention before this worker read them (a lag longer than retention)",
-    "learn_errors": "Batches whose lists were published but whose global learning failed",
+    "learn_errors": "Item-side deltas whose learning failed (skipped)",
     "catalog_updates": "Catalog messages applied",
     "model_swaps": "Model versions swapped in without a restart",
     "model_errors": "Model versions that could not be loaded (old one kept)",

@@ -228,3 +228,14 @@ def test_step_learns_what_observe_learns_with_one_search(model: ALSModel) -> Non
         want = {i: getattr(b, stat)[r] for i, r in b.rows.items()}
         assert got == pytest.approx(want), stat
     assert fused.knows("n1") and fused.knows("n2")  # new items folded in by the fused path too
+
+
+def test_a_first_list_on_an_empty_item_side_is_the_users_own_fold_in(model: ALSModel) -> None:
+    """A worker that starts with no snapshot: nothing learned from the stream yet, so the ranker's
+    prior ranks the fold-in candidates (scores 1/(1+rank), which look like a fallback but are not)."""
+    rec = OnlineRecommender(model, device="cpu")
+    h = history("u", ["a0", "b1", "a2"], model=model)
+    plan = rec.plan_step([Event("u", "a2", EventType.VIEW, 1002.0)], {"u": h}, K)
+    found = rec.index.search(rec.embed([h]), K, [h.exclude()])[0]
+    assert ids(plan.lists[0]) == [i for i, _ in found]
+    assert all(src == ("foldin",) for src in plan.sources[0])
