@@ -4,7 +4,7 @@
 ``UserHistory`` (the stream keeps it in a changelog-backed table) and hand a
 batch of histories in. It owns the global, shared state: item factors (growing
 as new items are folded in), the item index, availability, and the stream
-signals (``trending``, a :class:`~model_core.signals.StreamSignals`): trending,
+signals (``signals``, a :class:`~model_core.signals.StreamSignals`): trending,
 item categories, sequential rules, co-visitation and the ranker's weights.
 
 A list is made in one batched pass (``recommend``):
@@ -95,7 +95,7 @@ class OnlineRecommender:
         self._user_gram = model.user_gramian
         cfg = signals or SignalsConfig(trending_half_life_s=trending_half_life_s)
         # learned from the stream alone: a worker hands it to the next model version
-        self.trending = StreamSignals(cfg, model.config.weights)
+        self.signals = StreamSignals(cfg, model.config.weights)
         self._rng = np.random.default_rng(0)
         self.fold_new_items = fold_new_items
         self._new_items: dict[str, dict[str, tuple[np.ndarray, float]]] = {}
@@ -111,7 +111,7 @@ class OnlineRecommender:
         """
         fresh = OnlineRecommender(model, self.foldin_config, index or self.index.config, device=device,
                                   fold_new_items=self.fold_new_items)
-        fresh.trending = self.trending
+        fresh.signals = self.signals
         if self.unavailable:
             fresh.set_available(self.unavailable, False)
         return fresh
@@ -197,7 +197,7 @@ class OnlineRecommender:
         """Apply one delta to the item side: forgotten users, the ranker, item statistics, item
         graphs and sessions, new items' vectors. Replicas that apply the same deltas in the
         same order hold the same item side."""
-        sig = self.trending
+        sig = self.signals
         if delta.forget:
             self._forget(delta.forget)
         if delta.examples is not None:
@@ -219,7 +219,7 @@ class OnlineRecommender:
     def _forget(self, keys: Iterable[str]) -> None:
         gone = set(keys)
         for key in gone:
-            self.trending.sessions.forget(key)
+            self.signals.sessions.forget(key)
         for seen in self._new_items.values():
             for key in gone.intersection(seen):
                 del seen[key]
@@ -234,7 +234,7 @@ class OnlineRecommender:
     def _delta(self, events: Sequence[Event], histories: Mapping[str, UserHistory],
                by_user: Mapping[str, list[Event]], examples: Candidates | None, targets: list[str]) -> ItemDelta:
         """What the batch teaches the item side (``model_core.shared``), learning nothing."""
-        sig = self.trending
+        sig = self.signals
         weights = self.model.config.weights
         # learn_sequences reads at most this many of the newest earlier items (rules, session chain)
         depth = max(sig.config.sr_steps, sig.config.knn_session_len)
@@ -272,7 +272,7 @@ class OnlineRecommender:
                                  last_event_time=max(e[1] for e in entries.values()))
             pseudo.append(before)
             targets.append(ev.item_id)
-        cap = self.trending.config.train_per_batch
+        cap = self.signals.config.train_per_batch
         if len(pseudo) > cap:
             pick = self._rng.choice(len(pseudo), cap, replace=False)
             pseudo = [pseudo[i] for i in pick]
@@ -344,12 +344,12 @@ class OnlineRecommender:
 
     def set_category(self, item_ids: Iterable[str], categories: Iterable[str | None]) -> None:
         """Catalog update: the items' categories (None = unknown), for category trending."""
-        self.trending.set_category(item_ids, categories)
+        self.signals.set_category(item_ids, categories)
 
     def set_available(self, item_ids: Iterable[str], available: bool) -> None:
         """Catalog update: unavailable items leave every later list until available again."""
         ids = list(item_ids)
-        self.trending.set_available(ids, available)
+        self.signals.set_available(ids, available)
         if available:
             self.unavailable.difference_update(ids)
         else:
@@ -422,7 +422,7 @@ class OnlineRecommender:
         self, histories: Sequence[UserHistory], exclude: Sequence[Collection[str]]
     ) -> tuple[Candidates, np.ndarray]:
         """Every source's candidates for the batch, with features; and the [B, L] last-item rows."""
-        sig = self.trending
+        sig = self.signals
         depth = sig.config.context
         b = len(histories)
         last = np.full((b, depth), -1, dtype=np.int64)
@@ -472,7 +472,7 @@ class OnlineRecommender:
         With ``with_sources``, also per user and item the candidate sources that proposed the
         item (``SOURCES`` names; a top-up item is ``("trending",)``); else None.
         """
-        sig = self.trending
+        sig = self.signals
         v = max(1, len(sig.ids))
         get = sig.rows.get
         banned = np.fromiter(

@@ -174,7 +174,7 @@ def pack(arrays: dict[str, np.ndarray]) -> bytes:
 def snapshot_arrays(rec: OnlineRecommender, position: int) -> dict[str, np.ndarray]:
     """A copy of the item side of ``rec`` as arrays (the quick half of ``snapshot``: run it where
     nothing learns meanwhile)."""
-    sig = rec.trending
+    sig = rec.signals
     n = len(sig.ids)
     ses = sig.sessions
     meta = {
@@ -220,7 +220,7 @@ def restore(rec: OnlineRecommender, data: bytes) -> int:
         raise
     except Exception as exc:
         raise ModelIncompatibleError(f"unreadable online-state snapshot: {exc!r}") from exc
-    sig: StreamSignals = rec.trending
+    sig: StreamSignals = rec.signals
     ses = sig.sessions
     want = [int(sig.hw.shape[0]), int(ses.items.shape[0]), int(ses.items.shape[1]), int(ses.p)]
     if meta["shape"] != want:

@@ -319,7 +319,7 @@ class StreamSignals:
     """Online item statistics, item graphs and the ranker (see the module docstring).
 
     Keeps ``learn(events)`` / ``top(k, exclude)`` of the trending fallback it
-    replaces, so it is also the served model's ``trending``.
+    replaces: the served model's ``signals`` is also its trending fallback.
     """
 
     def __init__(self, config: SignalsConfig | None = None, weights: EventWeights | None = None) -> None:

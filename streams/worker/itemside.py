@@ -77,7 +77,7 @@ class ItemSide(threading.Thread):
                 log.warning("item side: cannot use snapshot %s (%s); trying an older one", path, exc)
                 continue
             log.info("item side: restored %s (%.1f MB, %d items, deltas from offset %d) in %.1fs", path,
-                     len(data) / 1e6, len(rec.trending.ids), self.position, time.perf_counter() - started)
+                     len(data) / 1e6, len(rec.signals.ids), self.position, time.perf_counter() - started)
             return
         log.info("item side: no snapshot in %s; applying the deltas topic from its start", self.directory)
 

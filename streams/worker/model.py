@@ -105,7 +105,7 @@ class ServedModel:
     def trending(self, n: int) -> tuple[str, list[tuple[str, float]]]:
         """(model version, the n most trending available items) (compute thread)."""
         assert self.rec is not None
-        return self.rec.model_version, self.rec.trending.top(n)
+        return self.rec.model_version, self.rec.signals.top(n)
 
     def forget(self, users: Iterable[str]) -> list[bytes]:
         """Erase: drop what the model keeps under these users' ids (compute thread); returns the

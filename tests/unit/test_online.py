@@ -50,7 +50,7 @@ def test_user_gets_items_of_the_taste_they_showed(model: ALSModel) -> None:
 
 def test_cold_user_gets_trending(model: ALSModel) -> None:
     rec = OnlineRecommender(model, device="cpu")
-    rec.trending.learn([Event("q", "b5", EventType.PURCHASE, 10.0), Event("q", "a4", EventType.VIEW, 10.0)])
+    rec.signals.learn([Event("q", "b5", EventType.PURCHASE, 10.0), Event("q", "a4", EventType.VIEW, 10.0)])
     [lst] = rec.recommend([UserHistory("new")], k=K)
     assert ids(lst) == ["b5", "a4"]  # only items ever seen trend; no made-up filler
 
@@ -156,19 +156,19 @@ def test_category_trending_is_a_source(model: ALSModel) -> None:
     _observe(rec, hs, [Event("x", "b4", EventType.PURCHASE, 10.0, category="shoes")])
     cand, _ = rec._candidates([history("u", ["a0"], t0=20.0)], [{"a0"}])
     same = cand.x[:, FEATURES.index("same_category")]
-    assert same[cand.row == rec.trending.rows["b4"]].tolist() == [1.0]
+    assert same[cand.row == rec.signals.rows["b4"]].tolist() == [1.0]
 
 
 def test_the_ranker_learns_which_source_predicts_the_next_event(model: ALSModel) -> None:
     rec = OnlineRecommender(model, device="cpu")
     hs: dict[str, UserHistory] = {}
-    w0 = rec.trending.w.copy()
+    w0 = rec.signals.w.copy()
     t = 0.0
     for j in range(40):  # every user goes a-item -> the b-item the rules know, never fold-in's choice
         t += 100.0
         _observe(rec, hs, [Event(f"u{j}", f"a{j % 3}", EventType.VIEW, t), Event(f"u{j}", f"b{j % 3}", EventType.VIEW, t + 1)])
-    assert rec.trending.trained_lists > 0
-    assert not np.array_equal(rec.trending.w, w0)
+    assert rec.signals.trained_lists > 0
+    assert not np.array_equal(rec.signals.w, w0)
     [lst] = rec.recommend([history("new", ["a1"], t0=t + 10)], k=1)
     assert ids(lst) == ["b1"]
 
@@ -179,7 +179,7 @@ def test_everything_stays_finite_for_events_far_out_of_time_order(model: ALSMode
     times = [1.7e9, 1e11, 1.7e9 + 5, -1e11, 1e11 + 1, 0.0]
     for j, t in enumerate(times):
         _observe(rec, hs, [Event("u", f"a{j % 6}", EventType.VIEW, t), Event("v", f"b{j % 6}", EventType.PURCHASE, -t)])
-    assert np.isfinite(rec.trending.trend).all() and np.isfinite(rec.trending.w).all()
+    assert np.isfinite(rec.signals.trend).all() and np.isfinite(rec.signals.w).all()
     lists = rec.recommend([hs["u"], hs["v"], history("w", ["a0"])], k=K)
     assert all(len(lst) == K and all(math.isfinite(s) for _, s in lst) for lst in lists)
 
@@ -220,7 +220,7 @@ def test_step_learns_what_observe_learns_with_one_search(model: ALSModel) -> Non
         assert len(lists) == len(touched_f)
         for h, lst in zip(touched_f.values(), lists):
             assert 0 < len(lst) <= K and not set(ids(lst)) & set(h.entries)
-    a, b = fused.trending, split.trending
+    a, b = fused.signals, split.signals
     assert a.trained_lists == b.trained_lists > 0
     assert sorted(a.ids) == sorted(b.ids)
     for stat in ("trend", "count", "last_seen"):

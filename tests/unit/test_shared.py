@@ -73,7 +73,7 @@ def test_replicas_that_apply_the_same_deltas_serve_the_same_lists(model: ALSMode
     owner, replica = OnlineRecommender(model, device="cpu"), OnlineRecommender(model, device="cpu")
     histories: dict[str, UserHistory] = {}
     run(owner, stream(60), histories, [replica])
-    a, b = owner.trending, replica.trending
+    a, b = owner.signals, replica.signals
     assert a.events == b.events > 0 and a.trained_lists == b.trained_lists > 0
     assert np.array_equal(a.w, b.w) and np.array_equal(a.hw, b.hw)  # the ranker, bit for bit
     for stat in ("trend", "count"):  # the owner also has rows for items it only looked up (all 0)
@@ -93,9 +93,9 @@ def test_a_restored_snapshot_plus_the_later_deltas_is_the_replica_that_never_sto
     assert restore(started, data) == 50
     run(owner, batches[50:], histories, [steady, started])
     same_lists(steady, started, histories)
-    assert started.trending.trained_lists == steady.trending.trained_lists
+    assert started.signals.trained_lists == steady.signals.trained_lists
     for user in histories:  # its session records came back too: a user is not their own neighbour
-        assert started.trending.sessions.own_slot(user_key(user)) == steady.trending.sessions.own_slot(user_key(user))
+        assert started.signals.sessions.own_slot(user_key(user)) == steady.signals.sessions.own_slot(user_key(user))
 
 
 def test_what_is_shared_or_snapshotted_names_no_user(model: ALSModel) -> None:
@@ -114,11 +114,11 @@ def test_an_erase_delta_makes_every_replica_forget_the_user(model: ALSModel) -> 
               Event("gone", "i2", EventType.VIEW, 102.0)]
     run(owner, [events[:2], events[2:]], histories, [replica])
     key = user_key("gone")
-    assert replica.trending.sessions.own_slot(key) >= 0 and key in replica._new_items["new0"]
+    assert replica.signals.sessions.own_slot(key) >= 0 and key in replica._new_items["new0"]
     wire = encode_delta(owner.forget_users(["gone"]))
-    assert owner.trending.sessions.own_slot(key) == -1  # the owner forgets at once
+    assert owner.signals.sessions.own_slot(key) == -1  # the owner forgets at once
     replica.learn(decode_delta(wire))
-    assert replica.trending.sessions.own_slot(key) == -1 and key not in replica._new_items["new0"]
+    assert replica.signals.sessions.own_slot(key) == -1 and key not in replica._new_items["new0"]
     assert b"gone" not in snapshot(replica, 3)
 
 
@@ -155,7 +155,7 @@ def test_a_shared_fleet_serves_every_worker_from_the_whole_stream(model: ALSMode
                             Deployment(batch=4, workers=3, partitions=3, shared=shared), k=10)
         fleet.arrive(events)
         fleet.flush()
-        learned = [rec.trending.events for rec in {id(r): r for r in fleet.recs}.values()]
+        learned = [rec.signals.events for rec in {id(r): r for r in fleet.recs}.values()]
         if shared:
             assert learned == [len(events)] and fleet.deltas > 0 and fleet.delta_bytes > 0
         else:
@@ -163,5 +163,5 @@ def test_a_shared_fleet_serves_every_worker_from_the_whole_stream(model: ALSMode
         before = {u: fleet.served(u) for u in fleet.histories}
         fleet.restart()
         assert {u: fleet.served(u) for u in fleet.histories} == before  # published lists stay
-        restarted = fleet.recs[0].trending.events
+        restarted = fleet.recs[0].signals.events
         assert restarted == (len(events) if shared else 0)

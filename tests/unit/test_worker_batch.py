@@ -97,21 +97,21 @@ def test_a_batch_whose_compute_fails_is_dead_lettered_whole_and_its_erase_still_
         settings: Settings, served: ServedModel) -> None:
     proc, out, store = processor(settings, served)
     store.put(0, "gone", UserHistory("gone").encode())
-    served.rec.trending.sessions.slot_of("gone", T0, 1800.0)  # the user's session-kNN slot
-    learned = served.rec.trending.learn
+    served.rec.signals.sessions.slot_of("gone", T0, 1800.0)  # the user's session-kNN slot
+    learned = served.rec.signals.learn
     served.rec.plan_step = MagicMock(side_effect=RuntimeError("model broke"))  # type: ignore[method-assign]
-    served.rec.trending.learn = MagicMock(side_effect=learned)  # type: ignore[method-assign]
+    served.rec.signals.learn = MagicMock(side_effect=learned)  # type: ignore[method-assign]
     after = proc.process([view(0, 10, "a", "i1", 1), erase(0, 11, "gone"), view(1, 3, "b", "i2", 2)])
     # the events are dead-lettered with the reason; nothing of them changed any state or model
     dlq = produced(out, settings.dlq_topic)
     assert len(dlq) == 2 and all(b"batch failed" in args[2] for args in dlq)
     assert store.get(0, "a").events_applied == 0 and store.get(1, "b").events_applied == 0
-    served.rec.trending.learn.assert_not_called()
+    served.rec.signals.learn.assert_not_called()
     # the erase is applied all the same: tombstone list, marker state, the model forgets the user
     assert (settings.recommendations_topic, b"gone", None, 0) in produced(out, settings.recommendations_topic)
     marker = store.get(0, "gone")
     assert marker.entries == {} and marker.position == (0, 11)
-    assert served.rec.trending.sessions.own_slot(user_key("gone")) == -1
+    assert served.rec.signals.sessions.own_slot(user_key("gone")) == -1
     assert after is not None  # the marker becomes a tombstone once the erase's offset is committed
     after()
     assert (settings.state_topic, b"gone", None, 0, [(EPOCH_HEADER, b"5")]) in produced(out, settings.state_topic)
@@ -132,11 +132,11 @@ def test_compute_that_fails_once_publishes_the_batch_delta_once(settings: Settin
     proc.process([view(0, 1, "a", "i1", 1), view(0, 2, "a", "i2", 2)])
     assert calls["plan"] == 2 and proc.metrics.count("retries") == 1 and not produced(out, settings.dlq_topic)
     # nothing is learned locally: the batch's delta goes out once, on the deltas topic's one partition
-    assert "i2" not in served.rec.trending.rows or served.rec.trending.count[served.rec.trending.rows["i2"]] == 0
+    assert "i2" not in served.rec.signals.rows or served.rec.signals.count[served.rec.signals.rows["i2"]] == 0
     [(topic, key, wire, partition)] = produced(out, settings.deltas_topic)
     assert (key, partition) == (None, 0)
     served.rec.learn(decode_delta(wire))  # what every worker does when it reads the record back
-    assert served.rec.trending.count[served.rec.trending.rows["i2"]] > 0
+    assert served.rec.signals.count[served.rec.signals.rows["i2"]] > 0
 
 
 def test_a_flush_that_keeps_failing_stops_the_worker_and_dead_letters_nothing(
@@ -168,9 +168,9 @@ def test_erase_drops_what_the_model_keeps_under_the_users_id(served: ServedModel
         ev = Event("u", item, EventType.VIEW, T0 + j)
         rec.apply(h, ev)
         rec.step([ev], {"u": h})
-    assert rec.trending.sessions.own_slot(user_key("u")) >= 0 and user_key("u") in rec._new_items["new-item"]
+    assert rec.signals.sessions.own_slot(user_key("u")) >= 0 and user_key("u") in rec._new_items["new-item"]
     rec.forget_users(["u"])
-    assert rec.trending.sessions.own_slot(user_key("u")) == -1 and "u" not in rec._new_items["new-item"]
+    assert rec.signals.sessions.own_slot(user_key("u")) == -1 and "u" not in rec._new_items["new-item"]
     assert not any(user_key("u") in seen for seen in rec._new_items.values())
 
 
