@@ -90,16 +90,17 @@ class Worker:
         self._trending_out.poll(0)
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Start the catalog listener and the consumer thread."""
+        """Start the consumer thread (which starts the catalog listener once the item side is restored)."""
         self.catalog = CatalogListener(self.settings, loop, self.model.executor, self.model.catalog, self.metrics)
-        self.catalog.start()
         threading.Thread(target=self.consume, name="freshrec-consumer", daemon=True).start()
 
     def consume(self) -> None:
-        """The consumer thread's body: the item side restored and caught up, then the events
-        consumer; a fault that escapes it stops the process (exit 70)."""
+        """The consumer thread's body: the item side restored and caught up, then the catalog
+        listener and the events consumer; a fault that escapes it stops the process (exit 70)."""
         try:
-            self.itemside.restore()
+            self.itemside.restore()  # before any catalog update: a snapshot loads into an empty item side
+            assert self.catalog is not None
+            self.catalog.start()
             self.itemside.catch_up()
         except BrokerUnavailableError as exc:
             fatal(f"cannot catch up on the item side's deltas: {exc}")

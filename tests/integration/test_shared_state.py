@@ -67,9 +67,10 @@ def test_two_workers_serve_from_one_item_side_and_a_restart_restores_it(
     models = small_model(tmp_path)
     users = [f"s{i}" for i in range(40)]
     assert {partition_of(u, 2) for u in users} == {0, 1}
-    a, b = start_worker(settings, models, "a"), start_worker(settings, models, "b")
-    for w in (a, b):
-        w.wait_for_log("worker ready")
+    a = start_worker(settings, models, "a")
+    a.wait_for_log(f"assigned {settings.events_topic}[")
+    b = start_worker(settings, models, "b")
+    b.wait_for_log(f"assigned {settings.events_topic}[")  # the group shares the partitions now
     _send(settings, users, 4)
     total = _settled([a, b], settings, 4 * len(users))
     # each worker published only its own partitions' deltas, and applied all of them
