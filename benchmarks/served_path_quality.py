@@ -18,7 +18,8 @@ user was last published. Runs:
   (what the deltas topic is worth);
 - ``restart=F``: one worker restarted at fraction F of the scored events.
 
-Figures go to ``benchmarks/results/served_path_quality_<name>.json``.
+Figures go to ``benchmarks/results/served_path_quality_<name>.json`` (``--merge`` keeps the
+runs of earlier invocations that this one does not make; each run names its commit).
 """
 
 from __future__ import annotations
@@ -61,27 +62,32 @@ def main() -> int:
     ap.add_argument("--name", default=None, help="name in the results file (default: the first log's stem)")
     ap.add_argument("--runs", default="worker,per-event,workers=4,workers=16,restart=0.5")
     ap.add_argument("--json", default=None, help="output path")
+    ap.add_argument("--merge", action="store_true",
+                    help="keep the runs already in the output file that this invocation does not make "
+                    "(each run records its commit)")
     args = ap.parse_args()
     name = args.name or Path(args.log[0]).name.split(".")[0]
     runs = [r.strip() for r in args.runs.split(",") if r.strip()]
     plans = {r: deployment(r) for r in runs}
     events = sorted((ev for path in args.log for ev in read_events(path, "auto")), key=lambda e: e.time)
+    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True, check=False).stdout.strip()
+    path = Path(args.json or ROOT / "benchmarks" / "results" / f"served_path_quality_{name}.json")
     out: dict = {"log": name, "files": args.log, "events": len(events), "runs": {}}
+    if args.merge and path.exists():
+        out["runs"] = {r: v for r, v in json.loads(path.read_text())["runs"].items() if r not in plans}
     for run, dep in plans.items():
         t = time.perf_counter()
         report = prequential(events, models=["incremental"], device="cpu", deployment=dep)
         inc = report["models"]["incremental"]
         out["runs"][run] = {"served_as": report["served_as"], "hr": inc["hr"], "ndcg": inc["ndcg"],
                             "points": report["eval_points"], "mean_batch": report.get("mean_batch"),
-                            "seconds": round(time.perf_counter() - t, 1)}
+                            "seconds": round(time.perf_counter() - t, 1), "commit": commit}
         print(f"{name} {run}: HR@{report['k']} {inc['hr']} NDCG {inc['ndcg']} ({report['served_as']}; "
               f"{out['runs'][run]['seconds']}s)", flush=True)
     base = out["runs"].get("worker", {}).get("hr")
     for r in out["runs"].values():
         r["vs_one_worker"] = round(r["hr"] / base, 4) if base else None
-    out["commit"] = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
-                                   text=True, check=False).stdout.strip()
-    path = Path(args.json or ROOT / "benchmarks" / "results" / f"served_path_quality_{name}.json")
     path.write_text(json.dumps(out, indent=1) + "\n")
     print(f"wrote {path}")
     return 0

@@ -8,8 +8,9 @@ published for that user (excluding the items the user had touched by then), the
 way freshrec serves lists; then the models learn it.
 
 The served model (``incremental``) is replayed as deployed (``fleet.ServedFleet``:
-the worker's micro-batches, ``apply`` and ``step``, users split over
-``Deployment.workers``, a restart). A baseline learns each moment (the events within
+the worker's micro-batches, ``apply``, ``plan_step`` and the batch's delta learned by
+the one item side every worker shares, users split over ``Deployment.workers``, a
+restart that restores the item side from a snapshot). A baseline learns each moment (the events within
 the worker's batch window) and then publishes the lists of that moment's users.
 """
 

@@ -1,8 +1,7 @@
 """The served model replayed the way a fleet of workers serves it.
 
-``freshrec evaluate`` scores the served model through this, not through a
-one-event-at-a-time adapter (the trainer's promotion gate does not yet, see
-``compare_on_holdout``):
+``freshrec evaluate`` and the trainer's promotion gate (``compare_on_holdout``) score
+the served model through this, not through a one-event-at-a-time adapter:
 
 - **users split as the producer splits them**: a user's events go to partition
   ``murmur2(user_id) % partitions`` (the Java client's partitioner, which freshrec's
