@@ -63,12 +63,13 @@ def quality() -> str:
 
 
 def served_path() -> str:
-    out = ["| log | run | served as | HR@20 | NDCG@20 | × one worker |", "|---|---|---|---|---|---|"]
+    out = ["| log | run | served as | HR@20 | NDCG@20 | × one worker | commit |", "|---|---|---|---|---|---|---|"]
     for name, title in LOGS.items():
         r = _load(f"served_path_quality_{name}.json")
         for run, v in (r or {}).get("runs", {}).items():
             out.append(f"| {title} | {run} | {v['served_as']} | {pct(v['hr'])} | {pct(v['ndcg'])} "
-                       f"| {v['vs_one_worker'] if v['vs_one_worker'] is not None else '–'} |")
+                       f"| {v['vs_one_worker'] if v['vs_one_worker'] is not None else '–'} "
+                       f"| {v.get('commit', r.get('commit', '–'))} |")
     return "\n".join(out)
 
 
