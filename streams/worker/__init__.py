@@ -4,12 +4,13 @@ The worker's parts, one concern a module:
 
 - ``consumer``: the events topic's librdkafka consumer, one thread (batch, process, commit;
   rebalance callbacks between batches);
-- ``batch``: one micro-batch (decode, apply, compute, publish, learn);
+- ``batch``: one micro-batch (decode, apply, compute, publish);
 - ``userstate``: per-user state in memory and in its changelog, with owner epochs;
 - ``model``: the served model, its swaps and the compute thread;
 - ``itemside``: the item side every worker shares (the deltas topic, snapshots);
 - ``publisher``: the one librdkafka producer; ``catalog``: the catalog listener;
-- ``app``: the Faust app (web pages, timers, lifecycle); ``health``, ``metrics``, ``debug``.
+- ``app``: the Faust app (web pages, timers, lifecycle); ``health``, ``metrics``, ``debug``;
+  ``livequality``: the lists this worker published, against its users' next events.
 """
 
 from __future__ import annotations
