@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
 from model_core.als import train_als
 from model_core.config import ALSConfig
+from model_core.events import Event
 from model_core.offline.fleet import Deployment, ServedFleet
 from model_core.offline.synth import SynthConfig, generate_events
 from model_core.online import OnlineRecommender
@@ -51,12 +53,8 @@ def main() -> None:
         rec.recommend(users, 20)
         times.append(time.perf_counter() - t)
 
-    def worker_loop(fused: bool) -> float:
-        """Events/s of the worker's batch loop over the next 10k events (state not rolled back:
-        each pass continues the stream where the last one stopped)."""
-        start = half + (10_000 if fused else 0)
-        t = time.perf_counter()
-        n = 0
+    def batches(start: int) -> Iterator[tuple[list[Event], dict[str, UserHistory]]]:
+        """256-event batches of the 10k events from ``start``, applied to their users' histories."""
         for i in range(start, start + 10_000, 256):
             batch = events[i : i + 256]
             touched = {}
@@ -64,6 +62,15 @@ def main() -> None:
                 h = histories.setdefault(ev.user_id, UserHistory(ev.user_id))
                 if rec.apply(h, ev):
                     touched[ev.user_id] = h
+            yield batch, touched
+
+    def worker_loop(fused: bool) -> float:
+        """Events/s of the worker's batch loop over the next 10k events (state not rolled back:
+        each pass continues the stream where the last one stopped)."""
+        start = half + (10_000 if fused else 0)
+        t = time.perf_counter()
+        n = 0
+        for batch, touched in batches(start):
             if fused:  # what the worker runs: one search for the ranker's examples and the lists
                 rec.step(batch, touched, 20)
             else:
@@ -78,13 +85,7 @@ def main() -> None:
         start = half + 20_000
         plan_s = apply_s = 0.0
         wire_bytes = n = 0
-        for i in range(start, start + 10_000, 256):
-            batch = events[i : i + 256]
-            touched = {}
-            for ev in batch:
-                h = histories.setdefault(ev.user_id, UserHistory(ev.user_id))
-                if rec.apply(h, ev):
-                    touched[ev.user_id] = h
+        for batch, touched in batches(start):
             t = time.perf_counter()
             wire = encode_parts(rec.plan_step(batch, touched, 20).delta, DELTA_MAX_BYTES)
             t1 = time.perf_counter()
