@@ -141,6 +141,30 @@ def e2e() -> str:
     return "\n".join(out)
 
 
+def shared_item_side() -> str:
+    """The shared item side's costs: served_speed.json's halves per event, and the real workers'
+    deltas time and live quality from e2e_shared_item_side-*.json."""
+    out = []
+    cost = (_load("served_speed.json") or {}).get("shared_item_side")
+    if cost:
+        per = cost["per_worker_us_per_stream_event"]
+        out += ["| what (served_speed.py, one process) | µs per stream event |", "|---|---|",
+                f"| plan: lists, ranker examples, delta and its wire form (the owner) | {cost['plan_us_per_event']} |",
+                f"| apply: decode and learn the delta (every worker) | {cost['apply_us_per_event']} |",
+                *(f"| per worker with {w} worker(s): plan / {w} + apply | {v} |" for w, v in per.items()),
+                f"| delta bytes per event (compressed) | {cost['delta_bytes_per_event']} |", ""]
+    runs = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("e2e_shared_item_side-*.json"))]
+    if runs:
+        out += ["| e2e run | workers | deltas applied per worker | deltas µs per stream event, per worker "
+                "| live HR@20 (hits / points) | load avg |", "|---|---|---|---|---|---|"]
+        for r in runs:
+            d, q = r["drain"]["deltas"], r["live_quality"]
+            out.append(f"| {(r.get('git_commit') or '?')[:7]} | {r['workers']} | {' / '.join(str(x['applied']) for x in d)} "
+                       f"| {' / '.join(str(x['us_per_stream_event']) for x in d)} | {q['hr']} ({q['hits']} / "
+                       f"{q['points']}) | {r.get('loadavg_1m', ['–'])[0]} |")
+    return "\n".join(out)
+
+
 def serve() -> str:
     r = _load("serve_speed.json")
     if r is None:
@@ -168,7 +192,7 @@ def serve() -> str:
     ])
 
 
-SECTIONS = {"quality": quality, "served_path": served_path, "warm_start": warm_start, "speed": speed, "e2e": e2e, "serve": serve}
+SECTIONS = {"quality": quality, "served_path": served_path, "shared_item_side": shared_item_side, "warm_start": warm_start, "speed": speed, "e2e": e2e, "serve": serve}
 
 
 def render(doc: str) -> str:
