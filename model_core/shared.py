@@ -31,6 +31,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
+import math
 import zlib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -39,7 +40,8 @@ import numpy as np
 import orjson
 
 from model_core.errors import BadInputError, ModelIncompatibleError
-from model_core.signals import Examples, Sequence_, StreamSignals
+from model_core.events import MAX_WEIGHT
+from model_core.signals import FEATURES, Examples, Sequence_, StreamSignals
 
 if TYPE_CHECKING:
     from model_core.online import OnlineRecommender
@@ -124,11 +126,37 @@ def decode_delta(data: bytes) -> ItemDelta:
             list_of = _arr(seg, "<i4").astype(np.int64)
             examples = Examples(list_of, _arr(x, "<f4").astype(np.float64).reshape(len(list_of), int(f)),
                                 _arr(pos, "u1").astype(bool), int(lists))
-        return ItemDelta(items, seqs, new_items, vectors, examples, [str(k) for k in doc["forget"]])
+        delta = ItemDelta(items, seqs, new_items, vectors, examples, [str(k) for k in doc["forget"]])
     except BadInputError:
         raise
     except Exception as exc:  # zlib, JSON, shapes: a record that is not a delta
         raise BadInputError(f"not an item delta: {exc!r}") from exc
+    _check(delta)
+    return delta
+
+
+def _check(d: ItemDelta) -> None:
+    """BadInputError unless every number is one a validated event could have produced: a record
+    written to the deltas topic by anything else must not poison the item side."""
+    weights = [w for _, w, _, _ in d.items] + [w for _, _, new in d.sequences for _, w, _ in new]
+    times = [t for _, _, t, _ in d.items] + [t for _, prev, _ in d.sequences for _, t in prev]
+    times += [t for _, _, new in d.sequences for _, _, t in new]
+    if not all(math.isfinite(w) and 0 <= w <= MAX_WEIGHT for w in weights):
+        raise BadInputError(f"item delta: an event weight that is not a number in [0, {MAX_WEIGHT:g}]")
+    if not all(math.isfinite(w) and w >= 0 for _, _, w in d.new_items):  # summed history weights (fold-in clamps)
+        raise BadInputError("item delta: a new item's weight that is not a finite number >= 0")
+    if not all(math.isfinite(t) for t in times):
+        raise BadInputError("item delta: a time that is not finite")
+    if not np.isfinite(d.new_vectors).all():
+        raise BadInputError("item delta: a new item's vector that is not finite")
+    ex = d.examples
+    if ex is not None:
+        if ex.lists < 1 or len(ex.x) != len(ex.list_of) or len(ex.positive) != len(ex.list_of):
+            raise BadInputError("item delta: ranker examples of inconsistent sizes")
+        if len(ex.list_of) and (ex.list_of.min() < 0 or ex.list_of.max() >= ex.lists or np.any(np.diff(ex.list_of) < 0)):
+            raise BadInputError("item delta: ranker examples not in list order")
+        if ex.x.ndim != 2 or ex.x.shape[1] != len(FEATURES) or not np.isfinite(ex.x).all():
+            raise BadInputError("item delta: ranker features of the wrong width or not finite")
 
 
 # -- snapshots --------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from model_core.events import Event, EventType
 from model_core.offline.fleet import Deployment, ServedFleet
 from model_core.online import OnlineRecommender
 from model_core.shared import ItemDelta, decode_delta, encode_delta, restore, snapshot, user_key
-from model_core.signals import SignalsConfig
+from model_core.signals import FEATURES, Examples, SignalsConfig
 from model_core.state import UserHistory
 
 
@@ -165,3 +165,19 @@ def test_a_shared_fleet_serves_every_worker_from_the_whole_stream(model: ALSMode
         assert {u: fleet.served(u) for u in fleet.histories} == before  # published lists stay
         restarted = fleet.recs[0].signals.events
         assert restarted == (len(events) if shared else 0)
+
+
+def test_a_delta_with_numbers_no_validated_event_makes_is_bad_input() -> None:
+    """Anything that writes the deltas topic must not poison every worker's item side."""
+    good = ItemDelta(items=[("a", 1.0, 5.0, None)], sequences=[(user_key("u"), [("a", 4.0)], [("b", 1.0, 5.0)])])
+    decode_delta(encode_delta(good))
+    bad = [ItemDelta(items=[("a", float("inf"), 5.0, None)]), ItemDelta(items=[("a", 1e300, 5.0, None)]),
+           ItemDelta(items=[("a", 1.0, float("nan"), None)]),
+           ItemDelta(sequences=[(user_key("u"), [("a", float("-inf"))], [("b", 1.0, 5.0)])]),
+           ItemDelta(new_items=[("b", user_key("u"), 1.0)], new_vectors=np.full((1, 4), np.nan, np.float32)),
+           ItemDelta(examples=Examples(np.array([0, 2]), np.zeros((2, len(FEATURES))), np.array([True, False]), 1)),
+           ItemDelta(examples=Examples(np.array([0]), np.full((1, len(FEATURES)), np.inf), np.array([True]), 1)),
+           ItemDelta(examples=Examples(np.array([0]), np.zeros((1, 3)), np.array([True]), 1))]
+    for d in bad:
+        with pytest.raises(BadInputError):
+            decode_delta(encode_delta(d))
