@@ -345,6 +345,7 @@ def _score_stream(
             for name, m in models.items():
                 t = time.perf_counter()
                 if isinstance(m, ServedFleet):
+                    m.advance(ev.time)  # batches whose window passed before this event are out
                     ranked = [i for i, _ in m.served(ev.user_id)[:k]]
                 else:
                     ranked = published[name].get(ev.user_id, [])

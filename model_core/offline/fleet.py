@@ -152,9 +152,7 @@ class ServedFleet:
             p = self._partition.get(ev.user_id)
             if p is None:
                 p = self._partition[ev.user_id] = partition_of(ev.user_id, dep.partitions)
-            # time passes for every worker: a batch opened more than within_s ago has closed
-            while self._open and ev.time - self._first[next(iter(self._open))] > dep.within_s:
-                self._flush(next(iter(self._open)))
+            self.advance(ev.time)
             w = p % len(self.recs)
             pending = self._pending[w]
             if len(pending) >= dep.batch:
@@ -164,6 +162,13 @@ class ServedFleet:
                 self._open[w] = None
             pending.append((ev, p, self._offsets[p]))
             self._offsets[p] += 1
+
+    def advance(self, now: float) -> None:
+        """The stream's clock reached ``now``: every batch opened more than ``within_s`` before it
+        has closed (whichever worker holds it), and its lists are out. Call it before asking
+        ``served`` at an event's time."""
+        while self._open and now - self._first[next(iter(self._open))] > self.deployment.within_s:
+            self._flush(next(iter(self._open)))
 
     def flush(self) -> None:
         """Close every worker's open batch."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import cast
+from typing import Any, cast
 
 import pytest
 from aiokafka.partitioner import murmur2 as aiokafka_murmur2
@@ -143,3 +143,34 @@ def test_evaluate_scores_a_fleet_and_a_restart_on_the_same_points() -> None:
     for r in runs.values():
         assert 0 < r["models"]["incremental"]["hr"] <= 1
         assert r["models"]["popular"]["hr"] == runs["one"]["models"]["popular"]["hr"]  # baselines: per event
+
+
+def test_a_users_next_event_meets_the_list_of_the_batch_before_even_when_nothing_came_between() -> None:
+    """The user's previous batch closed within_s after it opened, long before the next event:
+    evaluate asks ``served`` after ``advance`` to the event's time, as a user would see it."""
+    f, _ = fleet(Deployment(batch=10, within_s=1.0))
+    f.arrive([ev("a", "1", 0.0)])
+    assert f.served("a") == []  # the batch is open
+    f.advance(30.0)  # the user's next event, 30 s later, nothing in between
+    assert f.served("a") == [("after-1", 1.0)]
+
+
+def test_evaluate_scores_a_users_next_event_against_the_list_after_their_previous_one() -> None:
+    events = [ev("a", "x", 0.0), ev("a", "y", 10.0), ev("a", "z", 20.0)]
+    seen: list[Any] = []
+
+    class Fleet(ServedFleet):
+        def served(self, user_id: str) -> Any:
+            seen.append(super().served(user_id))
+            return seen[-1]
+
+    made: list[Recorder] = []
+
+    def make() -> OnlineRecommender:
+        made.append(Recorder())
+        return cast(OnlineRecommender, made[-1])
+
+    from model_core.offline.evaluate import _Score, _score_stream
+    f = Fleet(make, Deployment(batch=10, within_s=1.0))
+    _score_stream(events[:1], events[1:], {"served": f}, {"served": _Score()}, 20, window_s=1.0)
+    assert seen == [[], [("after-1", 1.0)]]  # y met nothing yet (x was train); z met the list after y
