@@ -58,7 +58,9 @@ def quality() -> str:
                        f"NDCG {inc['ndcg'] / others[best_ndcg]['ndcg']:.2f}× ({best_ndcg})\n")
         if r.get("served_as"):
             out.append(f"incremental served as deployed: {r['served_as']} (mean batch {r.get('mean_batch', '–')} "
-                       "events); every model scored on the list it last published\n")
+                       "events); every model scored on the list it last published"
+                       + (f" (served model rerun at {r['incremental_commit']}; the baselines' code did not change)"
+                          if r.get("incremental_commit") else "") + "\n")
     return "\n".join(out)
 
 
