@@ -145,7 +145,7 @@ def e2e() -> str:
 
 def shared_item_side() -> str:
     """The shared item side's costs: served_speed.json's halves per event, and the real workers'
-    deltas time and live quality from e2e_shared_item_side-*.json."""
+    deltas time and live quality from e2e_throughput-*.json (the current code's e2e runs)."""
     out = []
     cost = (_load("served_speed.json") or {}).get("shared_item_side")
     if cost:
@@ -155,7 +155,8 @@ def shared_item_side() -> str:
                 f"| apply: decode and learn the delta (every worker) | {cost['apply_us_per_event']} |",
                 *(f"| per worker with {w} worker(s): plan / {w} + apply | {v} |" for w, v in per.items()),
                 f"| delta bytes per event (compressed) | {cost['delta_bytes_per_event']} |", ""]
-    runs = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("e2e_shared_item_side-*.json"))]
+    runs = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("e2e_throughput-*.json"))]
+    runs = [r for r in runs if r.get("drain", {}).get("deltas")]
     if runs:
         out += ["| e2e run | workers | deltas applied per worker | deltas µs per stream event, per worker "
                 "| live HR@20 (hits / points) | load avg |", "|---|---|---|---|---|---|"]
