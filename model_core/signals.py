@@ -11,7 +11,7 @@ new model in. It holds, over one growing item vocabulary:
 - ``covisit``: symmetric co-visitation within a user's last ``covisit_window``
   items, whatever the time between them (repeat buyers, baskets, ratings);
 - the ranker: a linear softmax model over per-candidate features, trained online
-  by :meth:`StreamSignals.train_step`: each event is the label of the list that
+  by :meth:`StreamSignals.learn_examples`: each event is the label of the list that
   was due just before it.
 
 All state is keyed by item; per-user state stays in ``UserHistory``. Every
@@ -406,8 +406,7 @@ class StreamSignals:
 
     def learn(self, events: Iterable[Event], histories: Mapping[str, object] | None = None) -> None:
         """Item statistics of a batch of events: trending, popularity, freshness, categories."""
-        evs = list(events)
-        self.learn_items([(ev.item_id, self.weights.of(ev), ev.time, ev.category) for ev in evs])
+        self.learn_items((ev.item_id, self.weights.of(ev), ev.time, ev.category) for ev in events)
 
     def learn_items(self, items: Iterable[tuple[str, float, float, str | None]]) -> None:
         """Item statistics from (item, event weight, time, category) in event order."""
@@ -626,12 +625,6 @@ class StreamSignals:
         keep = has[cand.user]
         _, u = np.unique(cand.user[keep], return_inverse=True)
         return Examples(u.astype(np.int64), cand.x[keep], pos[keep], int(has.sum()))
-
-    def train_step(self, cand: Candidates, target: np.ndarray) -> int:
-        """``learn_examples(examples(cand, target))``; returns the number of lists used."""
-        ex = self.examples(cand, target)
-        self.learn_examples(ex)
-        return ex.lists
 
     def learn_examples(self, ex: Examples) -> None:
         """Adagrad steps of softmax cross-entropy over the lists of ``ex``.

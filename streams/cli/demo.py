@@ -254,19 +254,12 @@ def _retrain(settings: Settings, models: Path) -> dict[str, Any]:
     return train_from_topic(settings, ALSConfig(), models, TrainOptions(holdout=600, warmup=2000, keep=0))
 
 
-def _live_quality(metrics: dict[str, float], k: int) -> dict[str, Any]:
-    """The worker's live HR@k (its published lists against its users' next events): hits, points, hr,
-    and the same by model version (``freshrec_live_hits_total`` / ``freshrec_live_points_total``)."""
-    from streams.worker.metrics import live_quality
-
-    return {"k": k, **live_quality(metrics)}
-
-
 def _stream(settings: Settings, replay_log: Path, rate: float, worker: subprocess.Popen[bytes],
             model_version: str, live: bool, models: Path, retrain_after: int) -> dict[str, Any]:
     from confluent_kafka import Producer
 
     from streams.cli.replay import replay
+    from streams.worker.metrics import live_quality
 
     stats: dict[str, ReplayStats] = {}
     failure: list[BaseException] = []
@@ -355,6 +348,7 @@ def _stream(settings: Settings, replay_log: Path, rate: float, worker: subproces
         "retrained": {"version": retrained.get("version"), "promoted": retrained.get("promoted"),
                       "why": retrained.get("gate", {}).get("why"), "seconds": retrained.get("seconds")},
         "lists_by_model": by_model,
-        "live_quality": _live_quality(metrics, settings.k),
+        # the worker's published lists against its users' next events: HR@k as served
+        "live_quality": {"k": settings.k, **live_quality(metrics)},
         "_users": sorted(client.latest)[:1000],
     }

@@ -9,7 +9,6 @@ per model version: ``freshrec_live_points_total`` and ``freshrec_live_hits_total
 
 from __future__ import annotations
 
-import re
 import threading
 import time
 from collections import deque
@@ -81,7 +80,6 @@ class Metrics:
     _latency_ms: deque[float] = field(init=False)
     _batch_sizes: deque[int] = field(init=False)
     _stage_ms: dict[str, deque[float]] = field(init=False)
-    _live: dict[str, list[int]] = field(default_factory=dict)  # model version -> [points, hits]
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
@@ -119,15 +117,16 @@ class Metrics:
         """Live quality: ``points`` events scored against lists of ``model_version``, ``hits`` of them hits."""
         self._live_counters["points"].labels(model_version).inc(points)
         self._live_counters["hits"].labels(model_version).inc(hits)
-        with self._lock:
-            counts = self._live.setdefault(model_version, [0, 0])
-            counts[0] += points
-            counts[1] += hits
 
     def live_quality(self) -> dict[str, tuple[int, int]]:
-        """Model version -> (points, hits) since the worker started."""
-        with self._lock:
-            return {v: (p, h) for v, (p, h) in self._live.items()}
+        """Model version -> (points, hits) since the worker started (read from the counters)."""
+        counts: dict[str, list[int]] = {}
+        for i, name in enumerate(("points", "hits")):
+            for family in self._live_counters[name].collect():
+                for s in family.samples:
+                    if s.name.endswith("_total"):
+                        counts.setdefault(s.labels["model_version"], [0, 0])[i] = int(s.value)
+        return {v: (p, h) for v, (p, h) in counts.items()}
 
     def batch(self, size: int) -> None:
         self._counters["batches"].inc()
@@ -223,20 +222,19 @@ def parse(text: str) -> dict[str, float]:
     return out
 
 
-_LIVE_SERIES = re.compile(r'^freshrec_live_(points|hits)_total\{model_version="((?:[^"\\]|\\.)*)"\}$')
-
-
 def live_quality(*scrapes: Mapping[str, float]) -> dict[str, Any]:
     """Live quality summed over workers' scrapes (``scrape``): ``{"hits", "points", "hr", "by_model":
     {version: {"hits", "points", "hr"}}}``; ``hr`` is None without points."""
+    from prometheus_client.parser import text_string_to_metric_families
+
     by: dict[str, dict[str, float]] = {}
-    for series in scrapes:
-        for name, value in series.items():
-            m = _LIVE_SERIES.match(name)
-            if m is not None:
-                version = re.sub(r"\\(.)", lambda c: "\n" if c.group(1) == "n" else c.group(1), m.group(2))
-                counts = by.setdefault(version, {"hits": 0.0, "points": 0.0})
-                counts[m.group(1)] += value
+    for series in scrapes:  # back to exposition text: the client's parser reads the label escapes
+        text = "".join(f"{name} {value}\n" for name, value in series.items() if name.startswith("freshrec_live_"))
+        for family in text_string_to_metric_families(text):
+            for s in family.samples:
+                if s.name in ("freshrec_live_hits_total", "freshrec_live_points_total"):
+                    counts = by.setdefault(s.labels["model_version"], {"hits": 0.0, "points": 0.0})
+                    counts[s.name.split("_")[2]] += s.value
 
     def hr(hits: float, points: float) -> dict[str, Any]:
         return {"hits": int(hits), "points": int(points), "hr": round(hits / points, 4) if points else None}
