@@ -147,14 +147,10 @@ def shared_item_side() -> str:
     """The shared item side's costs: served_speed.json's halves per event, and the real workers'
     deltas time and live quality from e2e_throughput-*.json (the current code's e2e runs)."""
     out = []
-    timed = _load("served_speed.json") or {}
-    if "shared_item_side" not in timed:  # served_speed.json predates the deltas: the run that timed them
-        timed = _load("served_speed_shared_item_side.json") or {}
-    cost = timed.get("shared_item_side")
+    cost = (_load("served_speed.json") or {}).get("shared_item_side")
     if cost:
         per = cost["per_worker_us_per_stream_event"]
-        out += [f"| what (served_speed.py, one process, {timed.get('commit', 'this code')}) | µs per stream event |",
-                "|---|---|",
+        out += ["| what (served_speed.py, one process) | µs per stream event |", "|---|---|",
                 f"| plan: lists, ranker examples, delta and its wire form (the owner) | {cost['plan_us_per_event']} |",
                 f"| apply: decode and learn the delta (every worker) | {cost['apply_us_per_event']} |",
                 *(f"| per worker with {w} worker(s): plan / {w} + apply | {v} |" for w, v in per.items()),

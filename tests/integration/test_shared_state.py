@@ -102,3 +102,31 @@ def test_two_workers_serve_from_one_item_side_and_a_restart_restores_it(
         assert time.time() < deadline, (len(offsets), restored_at, _metric(b, DELTAS), _metric(c, DELTAS))
         time.sleep(1.0)
     assert _metric(c, EVENTS) > 0  # c took over a's partitions and serves them
+
+
+def test_records_on_the_deltas_topic_that_are_not_deltas_are_skipped_and_the_item_side_goes_on(
+        broker: EmbeddedBroker, tmp_path: Path, start_worker: Callable[..., WorkerProcess]) -> None:
+    """Whatever else writes the deltas topic (garbage, a delta with numbers no event makes) is
+    counted and skipped; the worker keeps applying the real deltas and serving."""
+    import numpy as np
+
+    from model_core.shared import ItemDelta, encode_delta
+
+    settings = fault_settings(broker.bootstrap, tmp_path, "h")
+    w = start_worker(settings, small_model(tmp_path), "w")
+    w.wait_for_log(f"assigned {settings.events_topic}[")
+    p = Producer(client_config(settings, "producer"))
+    hostile = [b"", b"\x00" * 10, b"not zlib", encode_delta(ItemDelta(items=[("i1", float("inf"), 1.0, None)])),
+               encode_delta(ItemDelta(new_items=[("i1", "k", 1.0)], new_vectors=np.full((1, 8), np.nan, np.float32)))]
+    for value in hostile:
+        p.produce(settings.deltas_topic, value=value, partition=0)
+    assert p.flush(10) == 0
+    users = [f"h{i}" for i in range(10)]
+    _send(settings, users, 3)
+    deadline = time.time() + 90
+    while not (_metric(w, EVENTS) == 3 * len(users) and _metric(w, DELTAS) == len(_deltas_on_topic(settings))
+               - len(hostile)):
+        assert time.time() < deadline, (_metric(w, EVENTS), _metric(w, DELTAS), w.log_text()[-2000:])
+        time.sleep(1.0)
+    assert w.log_text().count("item side: skipped deltas record") == len(hostile)
+    assert w.proc.poll() is None
