@@ -333,3 +333,21 @@ def test_the_least_recently_published_users_list_goes_first(settings: Settings, 
     proc.process([view(1, 1, "b", "i1", 1)])
     proc.process([view(0, 2, "a", hit, 2)])
     assert live(proc) == {} and "b" not in proc.published and "a" in proc.published
+
+
+def test_a_remembered_list_costs_about_0_4_kb_a_user() -> None:
+    """The figure FRESHREC_LIVE_QUALITY_USERS' documentation gives (item ids are the worker's own strings)."""
+    import tracemalloc
+
+    from streams.worker.livequality import PublishedLists
+
+    items = [f"item-{i}" for i in range(5000)]
+    lists = PublishedLists(10**6)
+    tracemalloc.start()
+    try:
+        for u in range(20_000):
+            lists.put(f"user-{u:08d}", "20261206T000000000000Z", 5, items[u % 4000 : u % 4000 + 20])
+        per_user = tracemalloc.get_traced_memory()[0] / 20_000
+    finally:
+        tracemalloc.stop()
+    assert 200 < per_user < 450, per_user
