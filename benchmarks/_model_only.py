@@ -3,12 +3,12 @@
     FRESHREC_...=... python -m benchmarks._model_only EVENTS_JSONL OUT_JSON
 
 Loads the served model from ``FRESHREC_MODEL_DIR`` exactly as a worker does
-(``streams.worker.ServedModel``: fold-in settings, index kind, device; the compute
+(``streams.worker.WorkerModel``: fold-in settings, index kind, device; the compute
 thread's BLAS/OpenMP limit), then runs the events through it in micro-batches of
 ``FRESHREC_BATCH_SIZE``, as ``streams.worker.batch.BatchProcessor`` does after
 decoding: each event applied to its user's ``UserHistory`` with a (partition, offset)
-position (``apply``), then ``ServedModel.plan`` (the touched users' lists) and
-``ServedModel.learn`` (the batch learned) for the batch, all in one thread. Writes
+position (``apply``), then ``WorkerModel.plan`` (the touched users' lists) and
+``WorkerModel.learn`` (the batch learned) for the batch, all in one thread. Writes
 ``{"ev_s", "seconds", "events", "batches"}`` (events/s over all the batches, model
 loading not counted) to OUT_JSON. Started by ``benchmarks/e2e_throughput.py``: a worker
 can drain no faster than this, whatever its stream does.
@@ -24,16 +24,16 @@ from pathlib import Path
 
 def main(argv: list[str]) -> int:
     from model_core.events import Event, event_from_json
-    from model_core.shared import decode_delta
+    from model_core.served.shared import decode_delta
     from model_core.state import UserHistory
     from streams.settings import load_settings
     from streams.worker import _limit_compute_threads
-    from streams.worker.model import ServedModel
+    from streams.worker.model import WorkerModel
 
     events_path, out_path = argv
     settings = load_settings()
     _limit_compute_threads(settings.compute_threads)
-    model = ServedModel(settings, Path(settings.model_dir), settings.foldin)
+    model = WorkerModel(settings, Path(settings.model_dir), settings.foldin)
     model.load_initial()
     rec = model.rec
     assert rec is not None

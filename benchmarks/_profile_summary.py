@@ -40,8 +40,8 @@ def _parse(frame: str) -> tuple[str, str]:
 STEPS: list[tuple[str, tuple[str, ...]]] = [
     ("compute: exact index search (model_core/index)", ("model_core/index/",)),
     ("compute: fold-in solve (model_core/foldin.py)", ("model_core/foldin.py",)),
-    ("compute: other (candidates, ranker, learning, padding)", ("model_core/online.py", "model_core/signals.py",
-                                                                "ServedModel.plan", "ServedModel.learn")),
+    ("compute: other (candidates, ranker, learning, padding)", ("model_core/served/model.py", "model_core/served/signals.py",
+                                                                "WorkerModel.plan", "WorkerModel.learn")),
     ("publish: encode lists (encode_recommendation)", ("encode_recommendation",)),
     ("publish: encode user state (UserHistory.encode)", ("UserHistory.encode",)),
     ("decode + validate messages (streams/codec.py)", ("decode_message", "event_from_dict")),

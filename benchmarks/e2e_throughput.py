@@ -24,7 +24,7 @@ One run, one embedded broker (Tansu, started here), one replayed backlog:
    (``_ceiling_agent ... stock``: a stock Faust app, Faust's ``kafka://`` transport and
    ``stream.take_events``, counting; ``faust_stock_ceiling_ev_s``), once.
    Then **the model alone** (``benchmarks._model_only``): the backlog through a worker's
-   compute (``ServedModel.plan``, then its delta records applied, per micro-batch of the worker's size, each
+   compute (``WorkerModel.plan``, then its delta records applied, per micro-batch of the worker's size, each
    event applied to its user's history first as ``BatchProcessor.apply`` does, one thread)
    with no Kafka, in a process of its own: no worker drains faster than this per process
    (``model_only_ev_s``).

@@ -1,10 +1,10 @@
-"""Put a fresh ``freshrec evaluate --models incremental`` report's served-model row into a quality table.
+"""Put a fresh ``freshrec evaluate --models served`` report's served-model row into a quality table.
 
     python benchmarks/merge_quality.py FRESH.json benchmarks/results/quality_NAME.json
 
 For when only the served model's code changed (``benchmarks/quality.sh --served-only``): the
-baselines' rows stay, the served model's row, its deployment and ``incremental_vs`` are
-replaced, and ``incremental_commit`` records the commit the row comes from. Both reports must
+baselines' rows stay, the served model's row, its deployment and ``served_vs`` are
+replaced, and ``served_commit`` records the commit the row comes from. Both reports must
 be of the same log and split (the same evaluation points).
 """
 
@@ -22,16 +22,16 @@ def main(argv: list[str]) -> int:
     if fresh["eval_points"] != table["eval_points"]:
         raise SystemExit(f"{fresh_path} has {fresh['eval_points']} evaluation points, {table_path} "
                          f"{table['eval_points']}: not the same log and split")
-    table["models"]["incremental"] = inc = fresh["models"]["incremental"]
+    table["models"]["served"] = inc = fresh["models"]["served"]
     for key in ("served_as", "deployment", "mean_batch", "delta_bytes_per_event"):
         if key in fresh:
             table[key] = fresh[key]
-    table["incremental_vs"] = {name: {m: (round(inc[m] / r[m] - 1.0, 4) if r[m] else None) for m in ("hr", "ndcg")}
-                               for name, r in table["models"].items() if name != "incremental"}
-    table["incremental_commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+    table["served_vs"] = {name: {m: (round(inc[m] / r[m] - 1.0, 4) if r[m] else None) for m in ("hr", "ndcg")}
+                               for name, r in table["models"].items() if name != "served"}
+    table["served_commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                                                  text=True, check=False).stdout.strip()
     table_path.write_text(json.dumps(table, indent=2) + "\n")
-    print(f"{table_path}: incremental HR@{table['k']} {inc['hr']}")
+    print(f"{table_path}: served HR@{table['k']} {inc['hr']}")
     return 0
 
 

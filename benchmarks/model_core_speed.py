@@ -28,7 +28,7 @@ from model_core.config import ALSConfig, FoldInConfig
 from model_core.device import cuda_available
 from model_core.index import IndexConfig, ItemIndex
 from model_core.offline.synth import SynthConfig, generate_events
-from model_core.online import OnlineRecommender
+from model_core.served.model import ServedModel
 from model_core.state import UserHistory
 
 BATCHES = (1, 64, 1024)
@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     for device in ("cpu", "cuda"):
         if device == "cuda" and not cuda_available():
             continue
-        rec = OnlineRecommender(model, foldin, device=device)
+        rec = ServedModel(model, foldin, device=device)
         per: dict[str, dict[str, float]] = {}
         for b in BATCHES:
             vecs = {id(h): v for h, v in zip(sample, rec.embed(sample))}
@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"implicit recalc recommend: {by_batch}", file=sys.stderr)
 
     # -- what an approximate index adds at B=1024 ----------------------------------------------
-    rec = OnlineRecommender(model, foldin, device="cpu")
+    rec = ServedModel(model, foldin, device="cpu")
     q = rec.embed(batches[1024][0])
     exact = rec.index.search(q, K)
     ann = {}

@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 data=${FRESHREC_DATA:-../shared/data}
 out=benchmarks/results
-models=incremental,static,popular,trending,covisit,sr,vsknn,implicit
+models=served,static,popular,trending,covisit,sr,vsknn,implicit
 read -r -a freshrec <<< "${FRESHREC:-freshrec}"
 mkdir -p "$out" runs
 served_only=${1:-}
@@ -18,7 +18,7 @@ served_only=${1:-}
 evaluate() {  # NAME, then the logs
   local name=$1; shift
   if [ "$served_only" = "--served-only" ]; then
-    "${freshrec[@]}" evaluate --models incremental --json "runs/quality_${name}_served.json" "$@"
+    "${freshrec[@]}" evaluate --models served --json "runs/quality_${name}_served.json" "$@"
     python3 benchmarks/merge_quality.py "runs/quality_${name}_served.json" "$out/quality_${name}.json"
   else
     "${freshrec[@]}" evaluate --models "$models" --json "$out/quality_${name}.json" "$@"

@@ -45,22 +45,22 @@ def quality() -> str:
                    f"| popularity pct | events/s |")
         out.append("|---|---|---|---|---|---|---|---|---|")
         for m, v in r["models"].items():
-            label = f"**{m}**" if m == "incremental" else m
+            label = f"**{m}**" if m == "served" else m
             out.append(f"| {label} | {pct(v['hr'])} | {pct(v['ndcg'])} | {pct(v['mrr'])} | {pct(v['purchase_hr'])} "
                        f"| {pct(v.get('coverage'))} | {pct(v.get('gini'))} | {pct(v.get('pop_percentile'))} "
                        f"| {v['events_per_s']:,.0f} |")
-        others = {m: v for m, v in r["models"].items() if m != "incremental"}
-        if "incremental" in r["models"] and others:
-            inc = r["models"]["incremental"]
+        others = {m: v for m, v in r["models"].items() if m != "served"}
+        if "served" in r["models"] and others:
+            inc = r["models"]["served"]
             best = max(others, key=lambda m: others[m]["hr"] or 0.0)
             best_ndcg = max(others, key=lambda m: others[m]["ndcg"] or 0.0)
-            out.append(f"\nincremental / best other: HR {inc['hr'] / others[best]['hr']:.2f}× ({best}), "
+            out.append(f"\nserved / best other: HR {inc['hr'] / others[best]['hr']:.2f}× ({best}), "
                        f"NDCG {inc['ndcg'] / others[best_ndcg]['ndcg']:.2f}× ({best_ndcg})\n")
         if r.get("served_as"):
-            out.append(f"incremental served as deployed: {r['served_as']} (mean batch {r.get('mean_batch', '–')} "
+            out.append(f"served model as deployed: {r['served_as']} (mean batch {r.get('mean_batch', '–')} "
                        "events); every model scored on the list it last published"
-                       + (f" (served model rerun at {r['incremental_commit']}; the baselines' code did not change)"
-                          if r.get("incremental_commit") else "") + "\n")
+                       + (f" (served model rerun at {r['served_commit']}; the baselines' code did not change)"
+                          if r.get("served_commit") else "") + "\n")
     return "\n".join(out)
 
 

@@ -3,7 +3,7 @@
     python benchmarks/served_path_quality.py --log FILE [--log FILE] [--name yoochoose] \
         [--runs worker,per-event,workers=4,workers=16,restart=0.5] [--json OUT]
 
-Each run is ``freshrec evaluate --models incremental`` with one deployment
+Each run is ``freshrec evaluate --models served`` with one deployment
 (``model_core.offline.fleet``): the same split, the same iALS model (same seed), the
 worker's micro-batches, ``apply`` and ``step``, each event scored against the list its
 user was last published. Runs:
@@ -13,7 +13,7 @@ user was last published. Runs:
 - ``per-event``: batches of one event (the gap of the worker's batching to per-event);
 - ``backfill``: batches of 256 regardless of time (a replay at full speed);
 - ``workers=N``: N workers on max(4, N) partitions, serving from the one item side their
-  deltas build (``model_core.shared``), as the worker runs;
+  deltas build (``model_core.served.shared``), as the worker runs;
 - ``isolated=N``: the same, each worker learning the item side from its own users only
   (what the deltas topic is worth);
 - ``restart=F``: one worker restarted at fraction F of the scored events.
@@ -78,8 +78,8 @@ def main() -> int:
         out["runs"] = {r: v for r, v in json.loads(path.read_text())["runs"].items() if r not in plans}
     for run, dep in plans.items():
         t = time.perf_counter()
-        report = prequential(events, models=["incremental"], device="cpu", deployment=dep)
-        inc = report["models"]["incremental"]
+        report = prequential(events, models=["served"], device="cpu", deployment=dep)
+        inc = report["models"]["served"]
         out["runs"][run] = {"served_as": report["served_as"], "hr": inc["hr"], "ndcg": inc["ndcg"],
                             "points": report["eval_points"], "mean_batch": report.get("mean_batch"),
                             "seconds": round(time.perf_counter() - t, 1), "commit": commit}

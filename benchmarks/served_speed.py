@@ -24,8 +24,8 @@ from model_core.config import ALSConfig
 from model_core.events import Event
 from model_core.offline.fleet import Deployment, ServedFleet
 from model_core.offline.synth import SynthConfig, generate_events
-from model_core.online import OnlineRecommender
-from model_core.shared import decode_delta, encode_parts
+from model_core.served.model import ServedModel
+from model_core.served.shared import decode_delta, encode_parts
 from model_core.state import UserHistory
 from streams.kafka import DELTA_MAX_BYTES
 
@@ -38,7 +38,7 @@ def main() -> None:
     half = len(events) // 2
     model = train_als(events[:half], ALSConfig(), device="cpu")
     # warmed as a backfill replays the log: the worker's calls, batches of 256 at full speed
-    fleet = ServedFleet(lambda: OnlineRecommender(model, device="cpu"), Deployment(within_s=float("inf")))
+    fleet = ServedFleet(lambda: ServedModel(model, device="cpu"), Deployment(within_s=float("inf")))
     t = time.perf_counter()
     fleet.arrive(events[:half])
     fleet.flush()

@@ -3,9 +3,9 @@
     PYTHONPATH=<tree> python benchmarks/step_speed.py [--profile] [--json OUT]
 
 Synthetic log (5k users, 3k items, 100k events, seed 7); iALS on the first half; the
-first half replayed through ``OnlineRecommender.apply`` and ``step`` in batches of 256
+first half replayed through ``ServedModel.apply`` and ``step`` in batches of 256
 (warm-up), then 15k more events timed the same way. It uses only the calls every
-commit since the served model v2 has, so running it with ``PYTHONPATH`` set to another
+commit since the served model v2 has (``model_core.online.OnlineRecommender`` before it moved), so running it with ``PYTHONPATH`` set to another
 commit's worktree measures that commit on the same work (alternate them: this machine
 varies by tens of per cent between runs). ``--profile`` prints cProfile's top functions.
 """
@@ -30,12 +30,16 @@ def main(argv: list[str] | None = None) -> int:
     from model_core.als import train_als
     from model_core.config import ALSConfig
     from model_core.offline.synth import SynthConfig, generate_events
-    from model_core.online import OnlineRecommender
     from model_core.state import UserHistory
+
+    try:
+        from model_core.served.model import ServedModel
+    except ImportError:  # a commit before the served model moved to model_core/served/
+        from model_core.online import OnlineRecommender as ServedModel  # type: ignore[no-redef]
 
     events = sorted(generate_events(SynthConfig(users=5000, items=3000, events=100_000, seed=7)), key=lambda e: e.time)
     half = len(events) // 2
-    rec = OnlineRecommender(train_als(events[:half], ALSConfig(), device="cpu"), device="cpu")
+    rec = ServedModel(train_als(events[:half], ALSConfig(), device="cpu"), device="cpu")
     histories: dict[str, UserHistory] = {}
 
     def run(start: int, stop: int) -> None:
@@ -58,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     if profiler:
         profiler.disable()
     ev_s = n / (time.perf_counter() - t)
-    print(f"step loop: {ev_s:,.0f} events/s ({sys.modules['model_core.online'].__file__})")
+    print(f"step loop: {ev_s:,.0f} events/s ({sys.modules[ServedModel.__module__].__file__})")
     if profiler:
         pstats.Stats(profiler).sort_stats("tottime").print_stats(20)
     if args.json:

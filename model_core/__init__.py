@@ -19,7 +19,7 @@ from model_core.events import Event, EventType
 
 if TYPE_CHECKING:
     from model_core.als import ALSModel, train_als
-    from model_core.online import OnlineRecommender
+    from model_core.served.model import ServedModel
     from model_core.state import UserHistory
 
 __all__ = [
@@ -33,12 +33,12 @@ __all__ = [
     "FoldInConfig",
     "FreshrecError",
     "ModelIncompatibleError",
-    "OnlineRecommender",
+    "ServedModel",
     "UserHistory",
     "train_als",
 ]
 
-_LAZY = {"ALSModel": "model_core.als", "train_als": "model_core.als", "OnlineRecommender": "model_core.online",
+_LAZY = {"ALSModel": "model_core.als", "train_als": "model_core.als", "ServedModel": "model_core.served.model",
          "UserHistory": "model_core.state"}
 
 

@@ -1,8 +1,10 @@
-"""The one recommender protocol: batched ``learn`` / ``recommend`` on plain ids.
+"""The baselines' protocol: batched ``learn`` / ``recommend`` on plain ids.
 
-Every model the evaluation compares — the served model and each baseline — speaks
-it, so the prequential loop needs no per-model adapter (after river's
-``reco/base.py``, batch first: one user is a batch of one).
+Every baseline the evaluation compares speaks it, so the prequential loop needs no
+per-model adapter (after river's ``reco/base.py``, batch first: one user is a batch of
+one). The served model does not: it is scored only as workers run it
+(``model_core.offline.fleet.ServedFleet``: ``apply``, ``plan_step``, each batch's delta
+learned by the shared item side), never through a second per-event path.
 
 >>> from model_core.baselines import Trending
 >>> from model_core.events import Event, EventType

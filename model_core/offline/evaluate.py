@@ -7,7 +7,7 @@ that user is scored (HR@K, NDCG@K, MRR@K) against the top-K the model last
 published for that user (excluding the items the user had touched by then), the
 way freshrec serves lists; then the models learn it.
 
-The served model (``incremental``) is replayed as deployed (``fleet.ServedFleet``:
+The served model (``served``) is replayed as deployed (``fleet.ServedFleet``:
 the worker's micro-batches, ``apply``, ``plan_step`` and the batch's delta learned by
 the one item side every worker shares, users split over ``Deployment.workers``, a
 restart that restores the item side from a snapshot). A baseline learns each moment (the events within
@@ -32,8 +32,8 @@ from model_core.errors import BadInputError, ConfigError
 from model_core.events import Event, EventType
 from model_core.index import IndexConfig, ItemIndex
 from model_core.offline.fleet import Deployment, ServedFleet
-from model_core.online import OnlineRecommender
 from model_core.reco import BaseRecommender, Ranked
+from model_core.served.model import ServedModel
 from model_core.state import UserHistory
 
 __all__ = ["GATE_Z", "MODELS", "FactorsOnly", "compare_on_holdout", "hit_rank", "paired_z", "prequential"]
@@ -56,9 +56,9 @@ class _Context:
         self.popular.fit(self.train)
 
 
-def _incremental(ctx: _Context) -> ServedFleet:
+def _served(ctx: _Context) -> ServedFleet:
     """The served model's workers after they consumed the training events as they happened."""
-    fleet = ServedFleet(lambda: OnlineRecommender(ctx.model, ctx.foldin, device=ctx.device), ctx.deployment, ctx.k)
+    fleet = ServedFleet(lambda: ServedModel(ctx.model, ctx.foldin, device=ctx.device), ctx.deployment, ctx.k)
     fleet.arrive(ctx.train)
     fleet.flush()
     return fleet
@@ -180,7 +180,7 @@ class ImplicitModel(BaseRecommender):
 
 
 MODELS: dict[str, Callable[[_Context], BaseRecommender | ServedFleet]] = {
-    "incremental": _incremental,
+    "served": _served,
     "static": StaticModel,
     "popular": _popular,
     "trending": _fitted(Trending),
@@ -189,7 +189,9 @@ MODELS: dict[str, Callable[[_Context], BaseRecommender | ServedFleet]] = {
     "vsknn": _fitted(SessionKNN),
     "implicit": ImplicitModel,
 }
-DEFAULT_MODELS = ("incremental", "static", "popular", "trending", "covisit", "sr", "vsknn")
+ALIASES = {"incremental": "served"}
+"""Names a model was known by before; ``prequential`` accepts them (scripts use them)."""
+DEFAULT_MODELS = ("served", "static", "popular", "trending", "covisit", "sr", "vsknn")
 
 
 def hit_rank(ranked: Sequence[str], target: str) -> int | None:
@@ -377,13 +379,14 @@ def prequential(
 ) -> dict[str, Any]:
     """Run the test-then-learn protocol; returns the JSON-ready report.
 
-    ``deployment``: how the served model (``incremental``) is deployed and so replayed
+    ``deployment``: how the served model (``served``) is deployed and so replayed
     (default: one worker with the worker's batching, ``Deployment()``).
     """
     if k < 1:
         raise ConfigError(f"k={k} must be >= 1")
     if not 0 < train_fraction < 1:
         raise ConfigError(f"train_fraction={train_fraction} must be between 0 and 1")
+    models = list(dict.fromkeys(ALIASES.get(m, m) for m in models))
     unknown = [m for m in models if m not in MODELS]
     if unknown:
         raise ConfigError(f"unknown model(s) {', '.join(unknown)}; known: {', '.join(MODELS)}")
@@ -424,21 +427,21 @@ def prequential(
                        "shared": dep.shared},
         "models": {name: sc.report(len(test), catalog) for name, sc in scores.items()},
     }
-    fleet = built.get("incremental")
+    fleet = built.get("served")
     if isinstance(fleet, ServedFleet) and fleet.batches:
         fleet.flush()
         report["mean_batch"] = round((len(train) + len(test)) / fleet.batches, 2)
         if fleet.deltas:
             report["delta_bytes_per_event"] = round(fleet.delta_bytes / (len(train) + len(test)), 1)
-    if "incremental" in scores:
-        inc = report["models"]["incremental"]
-        report["incremental_vs"] = {
+    if "served" in scores:
+        inc = report["models"]["served"]
+        report["served_vs"] = {
             name: {
                 metric: (round(inc[metric] / r[metric] - 1.0, 4) if r[metric] else None)
                 for metric in ("hr", "ndcg")
             }
             for name, r in report["models"].items()
-            if name != "incremental"
+            if name != "served"
         }
     return report
 
@@ -447,7 +450,7 @@ class FactorsOnly(BaseRecommender):
     """The version's own part of the served model: fold-in of the user's history and a
     nearest-item search, nothing learned online (the gate's check of the factors)."""
 
-    def __init__(self, rec: OnlineRecommender) -> None:
+    def __init__(self, rec: ServedModel) -> None:
         self.rec = rec
         self.histories: dict[str, UserHistory] = {}
 
@@ -514,11 +517,11 @@ def compare_on_holdout(
     dep = deployment or Deployment()
     built: dict[str, BaseRecommender | ServedFleet] = {}
     for name, m in (("new", new), ("serving", serving)):
-        fleet = ServedFleet(lambda m=m: OnlineRecommender(m, cfg, device=device), dep, k)  # type: ignore[misc]
+        fleet = ServedFleet(lambda m=m: ServedModel(m, cfg, device=device), dep, k)  # type: ignore[misc]
         fleet.arrive(warm)
         fleet.flush()
         built[name] = fleet
-        factors = FactorsOnly(OnlineRecommender(m, cfg, device=device))
+        factors = FactorsOnly(ServedModel(m, cfg, device=device))
         factors.fit(warm)
         built[f"{name}_factors"] = factors
     scores = {name: _Score(per_point=[]) for name in built}

@@ -7,7 +7,7 @@ the served model through this, not through a one-event-at-a-time adapter:
   ``murmur2(user_id) % partitions`` (the Java client's partitioner, which freshrec's
   producer uses), and partition ``p`` to worker ``p % workers``;
 - **one item side for the fleet** (``shared``, the worker's way): each batch's
-  ``ItemDelta`` goes through its wire form (``model_core.shared``) and is applied to the
+  ``ItemDelta`` goes through its wire form (``model_core.served.shared``) and is applied to the
   item side every worker serves from, as every worker applies the deltas topic. The
   delta's trip through the broker (milliseconds) is not modelled: the next batch sees it.
   With ``shared=False`` each worker learns from its own users' events only (what workers
@@ -18,14 +18,14 @@ the served model through this, not through a one-event-at-a-time adapter:
   a worker that reads the log at its real pace does;
   ``within_s=inf`` gives batches of exactly ``batch`` events (a backfill at full speed);
 - **the worker's own calls**: each event goes into its user's ``UserHistory`` through
-  ``OnlineRecommender.apply`` with its (partition, offset), then ``step`` once per
+  ``ServedModel.apply`` with its (partition, offset), then ``step`` once per
   batch, and each touched user's list is replaced by the one ``step`` returned;
 - **scored against what was served**: an event is a point when its user is known and
   its item new to them, and a hit when the item is in the list that user was last
   published (the list before the event's batch);
 - **a restart** (``restart``): every worker starts again with what a start restores:
   the user histories (the changelog) and, shared, the item side from a snapshot
-  (``model_core.shared.snapshot``, through its bytes) plus the deltas after it; not
+  (``model_core.served.shared.snapshot``, through its bytes) plus the deltas after it; not
   shared, nothing of the online state. Published lists stay.
 
 Only user ids, events and the model core are used: no broker is involved.
@@ -39,9 +39,9 @@ from dataclasses import dataclass
 
 from model_core.errors import ConfigError
 from model_core.events import Event
-from model_core.online import OnlineRecommender
 from model_core.reco import Ranked
-from model_core.shared import decode_delta, encode_delta, restore, snapshot
+from model_core.served.model import ServedModel
+from model_core.served.shared import decode_delta, encode_delta, restore, snapshot
 from model_core.state import UserHistory
 
 __all__ = ["Deployment", "ServedFleet", "murmur2", "partition_of"]
@@ -126,7 +126,7 @@ class Deployment:
 class ServedFleet:
     """Workers serving one model version: events arrive in time order, lists come out."""
 
-    def __init__(self, make: Callable[[], OnlineRecommender], deployment: Deployment, k: int = 20) -> None:
+    def __init__(self, make: Callable[[], ServedModel], deployment: Deployment, k: int = 20) -> None:
         self.make, self.deployment, self.k = make, deployment, k
         n = deployment.live_workers
         self.recs = [make()] * n if deployment.shared else [make() for _ in range(n)]

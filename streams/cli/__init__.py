@@ -175,12 +175,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_log_args(p)
     p.add_argument("--k", type=int, default=20, help="list length K (default 20)")
     p.add_argument("--train-fraction", type=float, default=0.5, help="events before the split (default 0.5)")
-    p.add_argument("--models", default="incremental,static,popular,trending,covisit",
-                   help="comma list of incremental, static, popular, trending, covisit, implicit "
+    p.add_argument("--models", default="served,static,popular,trending,covisit",
+                   help="comma list of served (the model the worker serves; its old name incremental is still "
+                   "accepted), static, popular, trending, covisit, sr, vsknn, implicit "
                    "(implicit needs `pip install implicit`)")
     p.add_argument("--json", default=None, metavar="OUT", help="also write the report as JSON")
     g = p.add_argument_group(
-        "deployment", "the served model (incremental) is replayed the way workers serve it: each event is "
+        "deployment", "the served model (served) is replayed the way workers serve it: each event is "
         "scored against the list its user was last published (each baseline publishes a user's list after the "
         "moment of the user's events, within the batch window)")
     g.add_argument("--batch", type=int, default=None, metavar="N",
@@ -329,12 +330,12 @@ def _table(report: dict) -> str:
     lines.append(f"eval points: {report['eval_points']} ({report['purchase_eval_points']} purchases); "
                  f"train {report['train_events']} / test {report['test_events']} events")
     if "served_as" in report:
-        lines.append(f"incremental served as deployed: {report['served_as']}; "
+        lines.append(f"served model as deployed: {report['served_as']}; "
                      f"mean batch {report.get('mean_batch', '-')} events")
-    for name, lift in report.get("incremental_vs", {}).items():
+    for name, lift in report.get("served_vs", {}).items():
         def pct(v: float | None) -> str:
             return "n/a" if v is None else f"{v:+.1%}"
-        lines.append(f"incremental vs {name}: HR {pct(lift['hr'])}, NDCG {pct(lift['ndcg'])}")
+        lines.append(f"served vs {name}: HR {pct(lift['hr'])}, NDCG {pct(lift['ndcg'])}")
     return "\n".join(lines)
 
 

@@ -39,11 +39,11 @@ from streams.worker.consumer import EventConsumer
 from streams.worker.health import Health
 from streams.worker.itemside import ItemSide, snapshot_dir
 from streams.worker.metrics import Metrics
-from streams.worker.model import ServedModel
+from streams.worker.model import WorkerModel
 from streams.worker.publisher import Publisher
 from streams.worker.userstate import UserStateStore
 
-__all__ = ["CATALOG_EVENTS", "EXIT_FATAL", "ServedModel", "Worker", "run_worker"]
+__all__ = ["CATALOG_EVENTS", "EXIT_FATAL", "WorkerModel", "Worker", "run_worker"]
 
 log = logging.getLogger("freshrec.worker")
 
@@ -55,7 +55,7 @@ class Worker:
         self.settings = settings
         self.metrics = Metrics()
         self.health = Health(settings.health_stall_s)
-        self.model = ServedModel(settings, Path(model_root), foldin or settings.foldin, self.metrics)
+        self.model = WorkerModel(settings, Path(model_root), foldin or settings.foldin, self.metrics)
         self.store = UserStateStore(settings)
         self.out = Publisher(settings)
         self.batches = BatchProcessor(settings, self.model, self.store, self.out, self.health)

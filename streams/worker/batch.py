@@ -38,7 +38,7 @@ from typing import Any, NoReturn, TypeVar
 
 from model_core.errors import BadInputError
 from model_core.events import Event
-from model_core.online import OnlineRecommender, Step
+from model_core.served.model import ServedModel, Step
 from model_core.state import UserHistory
 from streams.codec import (
     EraseCommand,
@@ -52,7 +52,7 @@ from streams.settings import Settings
 from streams.worker.health import Health
 from streams.worker.livequality import PublishedLists
 from streams.worker.metrics import Metrics
-from streams.worker.model import ServedModel
+from streams.worker.model import WorkerModel
 from streams.worker.publisher import Publisher
 from streams.worker.userstate import UserStateStore
 
@@ -99,7 +99,7 @@ class Applied:
     state: dict[str, tuple[int, bytes]] = field(default_factory=dict)  # user -> (partition, state record)
     scored: dict[str, list[int]] = field(default_factory=dict)  # live quality: model version -> [points, hits]
     lists: list[list[tuple[str, float]]] = field(default_factory=list)  # compute's lists, in ``touched`` order
-    deltas: list[bytes] = field(default_factory=list)  # item-side delta records (model_core.shared)
+    deltas: list[bytes] = field(default_factory=list)  # item-side delta records (model_core.served.shared)
 
     def seal(self) -> Applied:
         """Encode each user's final state record once (an erased user's keeps the erase's offset)."""
@@ -123,7 +123,7 @@ def _erased(user: str, partition: int, offset: int) -> bytes:
 class BatchProcessor:
     """Decode, apply, compute, publish and learn one batch (the consumer thread calls ``process``)."""
 
-    def __init__(self, settings: Settings, model: ServedModel, store: UserStateStore, out: Publisher,
+    def __init__(self, settings: Settings, model: WorkerModel, store: UserStateStore, out: Publisher,
                  health: Health) -> None:
         self.settings, self.model, self.store, self.out, self.health = settings, model, store, out, health
         self.metrics: Metrics = model.metrics
@@ -201,7 +201,7 @@ class BatchProcessor:
                 self.metrics.inc("events_duplicate")
         return work.seal()
 
-    def compute(self, work: Applied) -> tuple[OnlineRecommender, Step]:
+    def compute(self, work: Applied) -> tuple[ServedModel, Step]:
         """The touched users' lists and the batch's delta records on the compute thread (retried;
         learns nothing)."""
         started = time.perf_counter()
@@ -212,7 +212,7 @@ class BatchProcessor:
         work.deltas += wire
         return rec, plan
 
-    def publish(self, work: Applied, rec: OnlineRecommender, lists: list[list[tuple[str, float]]],
+    def publish(self, work: Applied, rec: ServedModel, lists: list[list[tuple[str, float]]],
                 dead: list[tuple[Any, str]], sources: list[list[tuple[str, ...]]] | None = None) -> None:
         """Lists, state and dead letters, flushed (retried; still failing stops the worker)."""
         if not (work.touched or work.erased or dead or work.deltas):
@@ -246,7 +246,7 @@ class BatchProcessor:
         self.metrics.stage("publish", time.perf_counter() - started)
         self.metrics.latencies([(now - t) * 1000.0 for t in work.arrivals])
 
-    def account(self, work: Applied, rec: OnlineRecommender) -> None:
+    def account(self, work: Applied, rec: ServedModel) -> None:
         """The batch is out: the store takes its state, live quality its lists, and the metrics its counts."""
         store, metrics, published = self.store, self.metrics, self.published
         for user, (p, value) in work.state.items():

@@ -1,7 +1,7 @@
 """The item side every worker of the group shares: a replicated log of deltas, and snapshots.
 
 The served model's item side (trending, item graphs, session kNN, the ranker, new items'
-vectors; ``model_core.shared``) is learned from the whole stream, not from the
+vectors; ``model_core.served.shared``) is learned from the whole stream, not from the
 partitions a worker owns:
 
 - each batch's ``ItemDelta`` is queued with the batch's lists and state and flushed with
@@ -30,13 +30,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 from model_core.errors import BadInputError, ModelIncompatibleError
-from model_core.shared import decode_delta, pack, restore, snapshot_arrays
+from model_core.served.shared import decode_delta, pack, restore, snapshot_arrays
 from streams.errors import BrokerUnavailableError
 from streams.reader import Record, TopicReader
 from streams.settings import Settings
 from streams.worker.batch import fatal
 from streams.worker.metrics import Metrics
-from streams.worker.model import ServedModel
+from streams.worker.model import WorkerModel
 
 __all__ = ["ItemSide", "snapshot_dir"]
 
@@ -53,7 +53,7 @@ def snapshot_dir(settings: Settings, model_root: Path) -> Path:
 class ItemSide(threading.Thread):
     """Restores, catches up and then follows the deltas topic (see the module docstring)."""
 
-    def __init__(self, settings: Settings, model: ServedModel, metrics: Metrics, directory: Path,
+    def __init__(self, settings: Settings, model: WorkerModel, metrics: Metrics, directory: Path,
                  owns_snapshots: Callable[[], bool]) -> None:
         super().__init__(name="freshrec-itemside", daemon=True)
         self.settings, self.model, self.metrics, self.directory = settings, model, metrics, directory

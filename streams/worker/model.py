@@ -18,27 +18,27 @@ from model_core.config import FoldInConfig
 from model_core.errors import ModelIncompatibleError
 from model_core.events import Event
 from model_core.index import IndexConfig
-from model_core.online import OnlineRecommender, Step
-from model_core.shared import encode_parts
+from model_core.served.model import ServedModel, Step
+from model_core.served.shared import encode_parts
 from model_core.state import UserHistory
 from streams.kafka import DELTA_MAX_BYTES
 from streams.settings import Settings
 from streams.worker.metrics import Metrics
 
-__all__ = ["ServedModel"]
+__all__ = ["WorkerModel"]
 
 log = logging.getLogger("freshrec.worker")
 
 
 @dataclass
-class ServedModel:
+class WorkerModel:
     """The model a worker serves, its swaps, and the compute thread."""
 
     settings: Settings
     model_root: Path
     foldin: FoldInConfig = field(default_factory=FoldInConfig)
     metrics: Metrics = field(default_factory=Metrics)
-    rec: OnlineRecommender | None = None
+    rec: ServedModel | None = None
     bad_versions: set[str] = field(default_factory=set)
     executor: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(1, "freshrec-compute"))
 
@@ -57,9 +57,9 @@ class ServedModel:
             log.warning("model %s was trained with serving settings %s; serving it with %s", model.version,
                         trained, serving)
 
-    def _serve(self, model: ALSModel) -> OnlineRecommender:
+    def _serve(self, model: ALSModel) -> ServedModel:
         self._check_serving(model)
-        return OnlineRecommender(model, self.foldin, IndexConfig(kind=self.settings.index),  # type: ignore[arg-type]
+        return ServedModel(model, self.foldin, IndexConfig(kind=self.settings.index),  # type: ignore[arg-type]
                                  device=self.settings.device)
 
     def _note_versions(self) -> None:
@@ -78,7 +78,7 @@ class ServedModel:
             return None
         return path if path.name > self.rec.model_version else None
 
-    def swap_to(self, path: Path) -> tuple[OnlineRecommender, OnlineRecommender]:
+    def swap_to(self, path: Path) -> tuple[ServedModel, ServedModel]:
         """Load, index and install a model version; returns (old, new). Compute thread only."""
         old = self.rec
         assert old is not None
@@ -90,7 +90,7 @@ class ServedModel:
         return old, fresh
 
     def plan(self, events: list[Event], histories: dict[str, UserHistory]
-             ) -> tuple[OnlineRecommender, Step, list[bytes]]:
+             ) -> tuple[ServedModel, Step, list[bytes]]:
         """A batch's lists for its users and its item-side delta as records, learning nothing
         (compute thread; safe to retry).
 

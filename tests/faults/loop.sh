@@ -14,7 +14,7 @@ out=runs/faults; mkdir -p "$out"
 loader=""
 if [ "$load" = "--load" ]; then
     data=../shared/data/yoochoose-sample
-    ( while true; do "$py" -m streams.cli evaluate --models incremental,vsknn --quiet \
+    ( while true; do "$py" -m streams.cli evaluate --models served,vsknn --quiet \
         --log "$data/yoochoose-clicks-100k_train_full.txt" --log "$data/yoochoose-clicks-100k_test.txt" \
         > "$out/load.txt" 2>&1; done ) &
     loader=$!

@@ -110,7 +110,7 @@ def test_records_on_the_deltas_topic_that_are_not_deltas_are_skipped_and_the_ite
     counted and skipped; the worker keeps applying the real deltas and serving."""
     import numpy as np
 
-    from model_core.shared import ItemDelta, encode_delta
+    from model_core.served.shared import ItemDelta, encode_delta
 
     settings = fault_settings(broker.bootstrap, tmp_path, "h")
     w = start_worker(settings, small_model(tmp_path), "w")

@@ -21,7 +21,7 @@ def test_model_core_never_imports_kafka_or_faust() -> None:
 
 def test_serving_path_never_imports_offline_code() -> None:
     code = (
-        "import sys, model_core.online, model_core.state, model_core.index, model_core.foldin, model_core.als\n"
+        "import sys, model_core.served.model, model_core.state, model_core.index, model_core.foldin, model_core.als\n"
         "print(','.join(sorted(n for n in sys.modules if n.startswith('model_core.offline'))))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -26,16 +26,17 @@ def test_generate_train_evaluate(log: Path, tmp_path: Path, capsys: pytest.Captu
     model = ALSModel.load(tmp_path / "models")
     assert model.config.factors == 8 and model.metadata["n_events"] == 1500
     out = tmp_path / "report.json"
+    # "incremental", the served model's old name, still works
     assert main(["evaluate", "--log", str(log), "--k", "5", "--models", "incremental,popular,covisit",
                  "--json", str(out), *SMALL]) == 0
     report = json.loads(out.read_text())
     assert report["k"] == 5 and report["eval_points"] > 0
-    assert set(report["models"]) == {"incremental", "popular", "covisit"}
+    assert set(report["models"]) == {"served", "popular", "covisit"}
     for r in report["models"].values():
         assert set(r) >= {"hr", "ndcg", "mrr", "purchase_hr", "events_per_s"}
         assert 0.0 <= r["hr"] <= 1.0
     printed = capsys.readouterr().out
-    assert "incremental vs popular" in printed
+    assert "served vs popular" in printed
 
 
 @pytest.mark.parametrize(
@@ -43,7 +44,7 @@ def test_generate_train_evaluate(log: Path, tmp_path: Path, capsys: pytest.Captu
     [
         (["train", "--log", "/nonexistent/events.csv", "--out", "m"], "/nonexistent/events.csv"),
         (["evaluate", "--log", "LOG", "--train-fraction", "2"], "train_fraction"),
-        (["evaluate", "--log", "LOG", "--models", "incremental,magic"], "unknown model"),
+        (["evaluate", "--log", "LOG", "--models", "served,magic"], "unknown model"),
         (["train", "--log", "LOG", "--out", "M", "--weights", "view=x"], "not a number"),
         (["train", "--log", "LOG", "--out", "M", "--factors", "0"], "factors"),
     ],

@@ -16,8 +16,8 @@ from model_core.events import Event, EventType
 from model_core.offline.evaluate import prequential
 from model_core.offline.fleet import Deployment, ServedFleet, murmur2, partition_of
 from model_core.offline.synth import SynthConfig, generate_events
-from model_core.online import OnlineRecommender, Step
-from model_core.shared import ItemDelta
+from model_core.served.model import ServedModel, Step
+from model_core.served.shared import ItemDelta
 from model_core.state import UserHistory
 
 
@@ -36,7 +36,7 @@ def test_murmur2_matches_the_client_partitioner(data: bytes) -> None:
 
 
 class Recorder:
-    """Stands in for OnlineRecommender: records each step's events, lists the user's last item."""
+    """Stands in for ServedModel: records each step's events, lists the user's last item."""
 
     made = 0
 
@@ -58,9 +58,9 @@ class Recorder:
 def fleet(dep: Deployment) -> tuple[ServedFleet, list[Recorder]]:
     made: list[Recorder] = []
 
-    def make() -> OnlineRecommender:
+    def make() -> ServedModel:
         made.append(Recorder())
-        return cast(OnlineRecommender, made[-1])
+        return cast(ServedModel, made[-1])
 
     return ServedFleet(make, dep), made
 
@@ -134,14 +134,14 @@ def test_bad_deployments_are_config_errors() -> None:
 def test_evaluate_scores_a_fleet_and_a_restart_on_the_same_points() -> None:
     events = list(generate_events(SynthConfig(users=200, items=150, events=3000, seed=3)))
     fast = {"batch": 32, "within_s": float("inf")}  # backfill-sized batches keep the test short
-    runs = {name: prequential(events, models=["incremental", "popular"], device="cpu", deployment=dep)
+    runs = {name: prequential(events, models=["served", "popular"], device="cpu", deployment=dep)
             for name, dep in {"one": Deployment(**fast),  # type: ignore[arg-type]
                               "three": Deployment(workers=3, restart_at=0.5, **fast)}.items()}  # type: ignore[arg-type]
     assert runs["one"]["eval_points"] == runs["three"]["eval_points"] > 100
     assert runs["three"]["deployment"]["workers"] == 3 and "3 worker(s)" in runs["three"]["served_as"]
     assert runs["three"]["deployment"]["batch_within_s"] == "inf"  # JSON has no infinity
     for r in runs.values():
-        assert 0 < r["models"]["incremental"]["hr"] <= 1
+        assert 0 < r["models"]["served"]["hr"] <= 1
         assert r["models"]["popular"]["hr"] == runs["one"]["models"]["popular"]["hr"]  # baselines: per event
 
 
@@ -166,9 +166,9 @@ def test_evaluate_scores_a_users_next_event_against_the_list_after_their_previou
 
     made: list[Recorder] = []
 
-    def make() -> OnlineRecommender:
+    def make() -> ServedModel:
         made.append(Recorder())
-        return cast(OnlineRecommender, made[-1])
+        return cast(ServedModel, made[-1])
 
     from model_core.offline.evaluate import _Score, _score_stream
     f = Fleet(make, Deployment(batch=10, within_s=1.0))

@@ -19,7 +19,7 @@ from model_core.als import ALSModel
 from model_core.config import ALSConfig, FoldInConfig
 from model_core.errors import BadInputError
 from model_core.events import Event, EventType
-from model_core.online import OnlineRecommender
+from model_core.served.model import ServedModel
 from model_core.state import UserHistory
 from streams.codec import EraseCommand, EventLimits, decode_message
 
@@ -29,15 +29,15 @@ FOLDIN = FoldInConfig(history_size=8)
 
 
 @pytest.fixture(scope="module")
-def rec() -> OnlineRecommender:
+def rec() -> ServedModel:
     rng = np.random.default_rng(0)
     items = [f"i{j}" for j in range(40)]
     model = ALSModel(ALSConfig(factors=8), items, rng.normal(size=(40, 8)).astype(np.float32),
                      [f"u{j}" for j in range(10)], rng.normal(size=(10, 8)).astype(np.float32))
-    return OnlineRecommender(model, FOLDIN, device="cpu")
+    return ServedModel(model, FOLDIN, device="cpu")
 
 
-def run(rec: OnlineRecommender, messages: list[bytes], histories: dict[str, UserHistory]) -> int:
+def run(rec: ServedModel, messages: list[bytes], histories: dict[str, UserHistory]) -> int:
     """The worker's per-batch path without the broker; returns how many messages were rejected."""
     applied: list[Event] = []
     touched: dict[str, UserHistory] = {}
@@ -89,19 +89,19 @@ event_like = st.fixed_dictionaries(
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.lists(st.binary(max_size=200), max_size=8))
-def test_arbitrary_bytes_are_rejected_or_applied(rec: OnlineRecommender, values: list[bytes]) -> None:
+def test_arbitrary_bytes_are_rejected_or_applied(rec: ServedModel, values: list[bytes]) -> None:
     run(rec, values, {})
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.lists(json_values, max_size=8))
-def test_arbitrary_json_is_rejected_or_applied(rec: OnlineRecommender, values: list[object]) -> None:
+def test_arbitrary_json_is_rejected_or_applied(rec: ServedModel, values: list[object]) -> None:
     run(rec, [json.dumps(v).encode() for v in values], {})
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.lists(event_like, min_size=1, max_size=12))
-def test_event_shaped_json_is_rejected_or_applied(rec: OnlineRecommender, values: list[dict]) -> None:
+def test_event_shaped_json_is_rejected_or_applied(rec: ServedModel, values: list[dict]) -> None:
     histories: dict[str, UserHistory] = {}
     run(rec, [json.dumps(v, allow_nan=True).encode() for v in values], histories)
     for h in histories.values():
@@ -136,9 +136,9 @@ def test_poison_messages_are_rejected_with_a_reason(value: bytes, reason: str) -
         decode_message(value, b"u1", NOW, LIMITS)
 
 
-def test_far_future_event_inside_the_window_cannot_poison_trending(rec: OnlineRecommender) -> None:
+def test_far_future_event_inside_the_window_cannot_poison_trending(rec: ServedModel) -> None:
     """Events 25 years apart (both valid) and far out of order keep trending finite and usable."""
-    fresh = OnlineRecommender(rec.model, FOLDIN, device="cpu")
+    fresh = ServedModel(rec.model, FOLDIN, device="cpu")
     old, new = 946_684_800.0 + 1, NOW
     for t, user in ((new, "a"), (old, "b"), (new + 3600, "c"), (old, "d")):
         h = UserHistory(user)

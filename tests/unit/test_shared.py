@@ -1,4 +1,4 @@
-"""The item side as a replicated log: deltas, their wire form, replicas, snapshots (``model_core.shared``)."""
+"""The item side as a replicated log: deltas, their wire form, replicas, snapshots (``model_core.served.shared``)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,16 @@ from model_core.config import ALSConfig
 from model_core.errors import BadInputError, ModelIncompatibleError
 from model_core.events import Event, EventType
 from model_core.offline.fleet import Deployment, ServedFleet
-from model_core.online import OnlineRecommender
-from model_core.shared import ItemDelta, decode_delta, encode_delta, restore, snapshot, user_key
-from model_core.signals import FEATURES, Examples, SignalsConfig
+from model_core.served.model import ServedModel
+from model_core.served.shared import (
+    ItemDelta,
+    decode_delta,
+    encode_delta,
+    restore,
+    snapshot,
+    user_key,
+)
+from model_core.served.signals import FEATURES, Examples, SignalsConfig
 from model_core.state import UserHistory
 
 
@@ -44,8 +51,8 @@ def stream(n_batches: int, seed: int = 1) -> list[list[Event]]:
     return out
 
 
-def run(owner: OnlineRecommender, batches: list[list[Event]], histories: dict[str, UserHistory],
-        replicas: list[OnlineRecommender]) -> list[bytes]:
+def run(owner: ServedModel, batches: list[list[Event]], histories: dict[str, UserHistory],
+        replicas: list[ServedModel]) -> list[bytes]:
     """The owner plans each batch; the delta's wire form is applied to the owner and every replica."""
     wires = []
     for batch in batches:
@@ -61,7 +68,7 @@ def run(owner: OnlineRecommender, batches: list[list[Event]], histories: dict[st
     return wires
 
 
-def same_lists(a: OnlineRecommender, b: OnlineRecommender, histories: dict[str, UserHistory]) -> None:
+def same_lists(a: ServedModel, b: ServedModel, histories: dict[str, UserHistory]) -> None:
     hs = [histories[u] for u in sorted(histories)]
     for la, lb in zip(a.recommend(hs, 10), b.recommend(hs, 10)):
         assert [s for _, s in la] == pytest.approx([s for _, s in lb], rel=1e-6, abs=1e-9)
@@ -70,7 +77,7 @@ def same_lists(a: OnlineRecommender, b: OnlineRecommender, histories: dict[str, 
 
 
 def test_replicas_that_apply_the_same_deltas_serve_the_same_lists(model: ALSModel) -> None:
-    owner, replica = OnlineRecommender(model, device="cpu"), OnlineRecommender(model, device="cpu")
+    owner, replica = ServedModel(model, device="cpu"), ServedModel(model, device="cpu")
     histories: dict[str, UserHistory] = {}
     run(owner, stream(60), histories, [replica])
     a, b = owner.signals, replica.signals
@@ -84,12 +91,12 @@ def test_replicas_that_apply_the_same_deltas_serve_the_same_lists(model: ALSMode
 
 
 def test_a_restored_snapshot_plus_the_later_deltas_is_the_replica_that_never_stopped(model: ALSModel) -> None:
-    owner, steady = OnlineRecommender(model, device="cpu"), OnlineRecommender(model, device="cpu")
+    owner, steady = ServedModel(model, device="cpu"), ServedModel(model, device="cpu")
     histories: dict[str, UserHistory] = {}
     batches = stream(80, seed=2)
     run(owner, batches[:50], histories, [steady])
     data = snapshot(steady, 50)
-    started = OnlineRecommender(model, device="cpu")
+    started = ServedModel(model, device="cpu")
     assert restore(started, data) == 50
     run(owner, batches[50:], histories, [steady, started])
     same_lists(steady, started, histories)
@@ -99,7 +106,7 @@ def test_a_restored_snapshot_plus_the_later_deltas_is_the_replica_that_never_sto
 
 
 def test_what_is_shared_or_snapshotted_names_no_user(model: ALSModel) -> None:
-    owner = OnlineRecommender(model, device="cpu")
+    owner = ServedModel(model, device="cpu")
     histories: dict[str, UserHistory] = {}
     wires = run(owner, stream(30), histories, [])
     data = snapshot(owner, len(wires))
@@ -108,7 +115,7 @@ def test_what_is_shared_or_snapshotted_names_no_user(model: ALSModel) -> None:
 
 
 def test_an_erase_delta_makes_every_replica_forget_the_user(model: ALSModel) -> None:
-    owner, replica = OnlineRecommender(model, device="cpu"), OnlineRecommender(model, device="cpu")
+    owner, replica = ServedModel(model, device="cpu"), ServedModel(model, device="cpu")
     histories: dict[str, UserHistory] = {}
     events = [Event("gone", "new0", EventType.VIEW, 100.0), Event("gone", "i1", EventType.VIEW, 101.0),
               Event("gone", "i2", EventType.VIEW, 102.0)]
@@ -141,17 +148,17 @@ def test_arbitrary_bytes_are_not_a_delta(data: bytes) -> None:
 
 
 def test_a_snapshot_that_does_not_fit_the_settings_is_refused(model: ALSModel) -> None:
-    data = snapshot(OnlineRecommender(model, device="cpu"), 0)
+    data = snapshot(ServedModel(model, device="cpu"), 0)
     with pytest.raises(ModelIncompatibleError):
-        restore(OnlineRecommender(model, device="cpu", signals=SignalsConfig(hidden=4)), data)
+        restore(ServedModel(model, device="cpu", signals=SignalsConfig(hidden=4)), data)
     with pytest.raises(ModelIncompatibleError):
-        restore(OnlineRecommender(model, device="cpu"), b"not a snapshot")
+        restore(ServedModel(model, device="cpu"), b"not a snapshot")
 
 
 def test_a_shared_fleet_serves_every_worker_from_the_whole_stream(model: ALSModel) -> None:
     events = [ev for batch in stream(80, seed=4) for ev in batch]
     for shared in (True, False):
-        fleet = ServedFleet(lambda: OnlineRecommender(model, device="cpu"),
+        fleet = ServedFleet(lambda: ServedModel(model, device="cpu"),
                             Deployment(batch=4, workers=3, partitions=3, shared=shared), k=10)
         fleet.arrive(events)
         fleet.flush()

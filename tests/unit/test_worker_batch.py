@@ -1,6 +1,6 @@
 """The worker's batch step without a broker: what a failed batch, an erase, a retry and a rebalance
 leave behind (streams.worker.batch, streams.worker.userstate). The broker-side seams (the producer,
-the changelog read) are replaced by spec'd fakes; the model is a real OnlineRecommender."""
+the changelog read) are replaced by spec'd fakes; the model is a real ServedModel."""
 
 from __future__ import annotations
 
@@ -17,14 +17,14 @@ from model_core.als import ALSModel
 from model_core.config import ALSConfig
 from model_core.errors import ConfigError
 from model_core.events import Event, EventType
-from model_core.online import OnlineRecommender
-from model_core.shared import decode_delta, user_key
+from model_core.served.model import ServedModel
+from model_core.served.shared import decode_delta, user_key
 from model_core.state import UserHistory
 from streams.codec import encode_erase
 from streams.settings import Settings, load_settings
 from streams.worker.batch import BatchFailedError, BatchProcessor
 from streams.worker.health import Health
-from streams.worker.model import ServedModel
+from streams.worker.model import WorkerModel
 from streams.worker.publisher import Publisher
 from streams.worker.userstate import EPOCH_HEADER, UserStateStore
 
@@ -72,16 +72,16 @@ def settings() -> Settings:
 
 
 @pytest.fixture()
-def served(settings: Settings, tmp_path: Path) -> ServedModel:
+def served(settings: Settings, tmp_path: Path) -> WorkerModel:
     items = [f"i{j}" for j in range(12)]
     v = np.random.default_rng(0).normal(size=(12, 4)).astype(np.float32)
     model = ALSModel(ALSConfig(factors=4), items, v, ["x"], np.ones((1, 4), np.float32))
-    s = ServedModel(settings, tmp_path)
-    s.rec = OnlineRecommender(model, device="cpu")
+    s = WorkerModel(settings, tmp_path)
+    s.rec = ServedModel(model, device="cpu")
     return s
 
 
-def processor(settings: Settings, served: ServedModel) -> tuple[BatchProcessor, Any, UserStateStore]:
+def processor(settings: Settings, served: WorkerModel) -> tuple[BatchProcessor, Any, UserStateStore]:
     out = MagicMock(spec_set=Publisher)
     store = UserStateStore(settings)
     store._install(0, {}, 5)
@@ -94,7 +94,7 @@ def produced(out: Any, topic: str) -> list[tuple[Any, ...]]:
 
 
 def test_a_batch_whose_compute_fails_is_dead_lettered_whole_and_its_erase_still_applies(
-        settings: Settings, served: ServedModel) -> None:
+        settings: Settings, served: WorkerModel) -> None:
     proc, out, store = processor(settings, served)
     store.put(0, "gone", UserHistory("gone").encode())
     served.rec.signals.sessions.slot_of("gone", T0, 1800.0)  # the user's session-kNN slot
@@ -117,7 +117,7 @@ def test_a_batch_whose_compute_fails_is_dead_lettered_whole_and_its_erase_still_
     assert (settings.state_topic, b"gone", None, 0, [(EPOCH_HEADER, b"5")]) in produced(out, settings.state_topic)
 
 
-def test_compute_that_fails_once_publishes_the_batch_delta_once(settings: Settings, served: ServedModel) -> None:
+def test_compute_that_fails_once_publishes_the_batch_delta_once(settings: Settings, served: WorkerModel) -> None:
     proc, out, _ = processor(settings, served)
     real = served.rec.plan_step
     calls = {"plan": 0}
@@ -140,7 +140,7 @@ def test_compute_that_fails_once_publishes_the_batch_delta_once(settings: Settin
 
 
 def test_a_flush_that_keeps_failing_stops_the_worker_and_dead_letters_nothing(
-        settings: Settings, served: ServedModel) -> None:
+        settings: Settings, served: WorkerModel) -> None:
     proc, out, store = processor(settings, served)
     out.flush.side_effect = ConnectionError("broker away")
     with pytest.raises(BatchFailedError, match="stopping"):
@@ -149,7 +149,7 @@ def test_a_flush_that_keeps_failing_stops_the_worker_and_dead_letters_nothing(
     assert store.get(0, "a").events_applied == 0  # the store takes a batch only once it is out
 
 
-def test_an_erased_users_earlier_events_read_again_are_not_applied(settings: Settings, served: ServedModel) -> None:
+def test_an_erased_users_earlier_events_read_again_are_not_applied(settings: Settings, served: WorkerModel) -> None:
     proc, out, store = processor(settings, served)
     proc.process([view(0, 1, "a", "i1", 1), view(0, 2, "a", "i2", 2)])
     assert proc.process([erase(0, 3, "a")]) is not None
@@ -160,7 +160,7 @@ def test_an_erased_users_earlier_events_read_again_are_not_applied(settings: Set
     assert len(lists) == 1  # only the list from before the erase: the erased user is not republished
 
 
-def test_erase_drops_what_the_model_keeps_under_the_users_id(served: ServedModel) -> None:
+def test_erase_drops_what_the_model_keeps_under_the_users_id(served: WorkerModel) -> None:
     rec = served.rec
     assert rec is not None
     h = UserHistory("u")
@@ -202,8 +202,8 @@ def test_recovery_reads_only_partitions_new_to_the_worker(settings: Settings) ->
     assert store.epoch(0) == 100 and store.headers(3) == [(EPOCH_HEADER, b"103")]
 
 
-def test_each_published_item_says_which_sources_proposed_it(settings: Settings, served: ServedModel) -> None:
-    from model_core.online import SOURCES
+def test_each_published_item_says_which_sources_proposed_it(settings: Settings, served: WorkerModel) -> None:
+    from model_core.served.model import SOURCES
     from streams.codec import decode_recommendation
 
     proc, out, _ = processor(settings, served)
@@ -231,7 +231,7 @@ def live(proc: BatchProcessor) -> dict[str, tuple[int, int]]:
 
 
 def test_live_quality_scores_each_new_item_against_the_users_last_published_list(
-        settings: Settings, served: ServedModel) -> None:
+        settings: Settings, served: WorkerModel) -> None:
     proc, out, _ = processor(settings, served)
     version = served.rec.model_version
     proc.process([view(0, 1, "a", "i1", 1)])
@@ -256,7 +256,7 @@ def test_live_quality_scores_each_new_item_against_the_users_last_published_list
     assert "live hr=0.5 (1/2)" in proc.metrics.log_line()
 
 
-def test_live_quality_counts_under_the_version_that_made_the_list(settings: Settings, served: ServedModel) -> None:
+def test_live_quality_counts_under_the_version_that_made_the_list(settings: Settings, served: WorkerModel) -> None:
     proc, out, _ = processor(settings, served)
     assert served.rec is not None
     old = served.rec.model_version
@@ -274,7 +274,7 @@ def test_live_quality_counts_under_the_version_that_made_the_list(settings: Sett
     assert summed["by_model"]["v-next"] == {"hits": 2, "points": 2, "hr": 1.0}
 
 
-def test_an_erased_user_has_no_list_to_be_scored_against(settings: Settings, served: ServedModel) -> None:
+def test_an_erased_user_has_no_list_to_be_scored_against(settings: Settings, served: WorkerModel) -> None:
     proc, out, _ = processor(settings, served)
     proc.process([view(0, 1, "a", "i1", 1), view(0, 2, "b", "i1", 1)])
     hit_a, hit_b = last_list(out, settings, "a")[0], last_list(out, settings, "b")[0]
@@ -287,7 +287,7 @@ def test_an_erased_user_has_no_list_to_be_scored_against(settings: Settings, ser
     assert live(proc) == {} and "b" in proc.published  # the new list is kept
 
 
-def test_a_dead_lettered_batch_scores_nothing_and_keeps_the_old_list(settings: Settings, served: ServedModel) -> None:
+def test_a_dead_lettered_batch_scores_nothing_and_keeps_the_old_list(settings: Settings, served: WorkerModel) -> None:
     proc, out, _ = processor(settings, served)
     assert served.rec is not None
     proc.process([view(0, 1, "a", "i1", 1)])
@@ -301,7 +301,7 @@ def test_a_dead_lettered_batch_scores_nothing_and_keeps_the_old_list(settings: S
     assert live(proc) == {served.rec.model_version: (1, 1)}
 
 
-def test_lists_from_before_a_partition_was_recovered_are_not_scored(settings: Settings, served: ServedModel) -> None:
+def test_lists_from_before_a_partition_was_recovered_are_not_scored(settings: Settings, served: WorkerModel) -> None:
     proc, out, store = processor(settings, served)
     proc.process([view(0, 1, "a", "i1", 1)])
     hit = last_list(out, settings, "a")[0]
@@ -310,7 +310,7 @@ def test_lists_from_before_a_partition_was_recovered_are_not_scored(settings: Se
     assert live(proc) == {}
 
 
-def test_the_least_recently_published_users_list_goes_first(settings: Settings, served: ServedModel) -> None:
+def test_the_least_recently_published_users_list_goes_first(settings: Settings, served: WorkerModel) -> None:
     from streams.worker.livequality import PublishedLists
 
     lists = PublishedLists(2)

@@ -1,11 +1,11 @@
 """The served model's item side as a replicated log: deltas every worker applies, and snapshots.
 
 A worker learns a batch in two halves. The worker that owns the batch's users
-derives what the batch teaches the item side (``OnlineRecommender.plan_step``
+derives what the batch teaches the item side (``ServedModel.plan_step``
 puts it in ``Step.delta``): an ``ItemDelta``, keyed by item id and by a keyed
 hash of the user id (``user_key``), never by a process's vocabulary rows or a
 raw user id. Every replica of the item side, the owner's included, then applies
-the same deltas in the same order (``OnlineRecommender.learn``), so replicas that
+the same deltas in the same order (``ServedModel.learn``), so replicas that
 applied the same prefix of the log hold the same state: the streams layer puts
 the deltas on a one-partition topic that every worker reads.
 
@@ -41,10 +41,10 @@ import orjson
 
 from model_core.errors import BadInputError, ModelIncompatibleError
 from model_core.events import MAX_WEIGHT
-from model_core.signals import FEATURES, Examples, Sequence_, StreamSignals
+from model_core.served.signals import FEATURES, Examples, Sequence_, StreamSignals
 
 if TYPE_CHECKING:
-    from model_core.online import OnlineRecommender
+    from model_core.served.model import ServedModel
 
 __all__ = ["ItemDelta", "decode_delta", "encode_delta", "encode_parts", "pack", "restore", "snapshot",
            "snapshot_arrays", "user_key"]
@@ -186,7 +186,7 @@ def encode_parts(d: ItemDelta, max_bytes: int) -> list[bytes]:
     return [part for half in d.split() for part in encode_parts(half, max_bytes)]
 
 
-def snapshot(rec: OnlineRecommender, position: int) -> bytes:
+def snapshot(rec: ServedModel, position: int) -> bytes:
     """The item side of ``rec`` (signals, ranker, new items' contributions, availability) as
     bytes, with the log ``position`` it covers (the next delta to apply after it)."""
     return pack(snapshot_arrays(rec, position))
@@ -199,7 +199,7 @@ def pack(arrays: dict[str, np.ndarray]) -> bytes:
     return buf.getvalue()
 
 
-def snapshot_arrays(rec: OnlineRecommender, position: int) -> dict[str, np.ndarray]:
+def snapshot_arrays(rec: ServedModel, position: int) -> dict[str, np.ndarray]:
     """A copy of the item side of ``rec`` as arrays (the quick half of ``snapshot``: run it where
     nothing learns meanwhile)."""
     sig = rec.signals
@@ -232,7 +232,7 @@ def snapshot_arrays(rec: OnlineRecommender, position: int) -> dict[str, np.ndarr
     return arrays
 
 
-def restore(rec: OnlineRecommender, data: bytes) -> int:
+def restore(rec: ServedModel, data: bytes) -> int:
     """Load a ``snapshot`` into a fresh ``rec`` (nothing learned yet); returns its log position.
 
     ModelIncompatibleError when the snapshot is unreadable or its shapes do not fit

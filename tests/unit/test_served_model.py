@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 from model_core.als import ALSModel
 from model_core.config import ALSConfig, FoldInConfig
 from model_core.events import Event, EventType
-from model_core.online import OnlineRecommender
-from model_core.signals import FEATURES
+from model_core.served.model import ServedModel
+from model_core.served.signals import FEATURES
 from model_core.state import UserHistory
 
 K = 4
@@ -41,7 +41,7 @@ def ids(lst: list[tuple[str, float]]) -> list[str]:
 
 
 def test_user_gets_items_of_the_taste_they_showed(model: ALSModel) -> None:
-    rec = OnlineRecommender(model, device="cpu")
+    rec = ServedModel(model, device="cpu")
     [a_list, b_list] = rec.recommend([history("u", ["a0", "a1"]), history("v", ["b3"])], k=K)
     assert ids(a_list) == ["a2", "a3", "a4", "a5"]  # history excluded, best first
     assert set(ids(b_list)) <= {f"b{i}" for i in range(6)} and "b3" not in ids(b_list)
@@ -49,14 +49,14 @@ def test_user_gets_items_of_the_taste_they_showed(model: ALSModel) -> None:
 
 
 def test_cold_user_gets_trending(model: ALSModel) -> None:
-    rec = OnlineRecommender(model, device="cpu")
+    rec = ServedModel(model, device="cpu")
     rec.signals.learn([Event("q", "b5", EventType.PURCHASE, 10.0), Event("q", "a4", EventType.VIEW, 10.0)])
     [lst] = rec.recommend([UserHistory("new")], k=K)
     assert ids(lst) == ["b5", "a4"]  # only items ever seen trend; no made-up filler
 
 
 def test_unavailable_items_leave_lists_and_come_back(model: ALSModel) -> None:
-    rec = OnlineRecommender(model, device="cpu")
+    rec = ServedModel(model, device="cpu")
     h = history("u", ["a0"])
     rec.set_available(["a1", "a2"], False)
     got = ids(rec.recommend([h], k=K)[0])
@@ -66,14 +66,14 @@ def test_unavailable_items_leave_lists_and_come_back(model: ALSModel) -> None:
 
 
 def test_exclusions_never_shorten_the_list(model: ALSModel) -> None:
-    rec = OnlineRecommender(model, device="cpu")
+    rec = ServedModel(model, device="cpu")
     h = history("u", ["a0"])
     [lst] = rec.recommend([h], k=K, exclude=[{"a0", "a1", "a2", "a3"}])
     assert len(lst) == K and not {"a0", "a1", "a2", "a3"} & set(ids(lst))
 
 
 def test_new_item_is_folded_in_and_recommended_before_a_retrain(model: ALSModel) -> None:
-    rec = OnlineRecommender(model, device="cpu")
+    rec = ServedModel(model, device="cpu")
     assert not rec.knows("a_new")
     fans = {}
     for j, u in enumerate(["p", "q", "r"]):
@@ -93,7 +93,7 @@ def test_new_item_is_folded_in_and_recommended_before_a_retrain(model: ALSModel)
 
 
 def test_embeddings_batch_equals_single(model: ALSModel) -> None:
-    rec = OnlineRecommender(model, device="cpu")
+    rec = ServedModel(model, device="cpu")
     hs = [history("u", ["a0", "b1", "a2"]), history("v", ["b0"]), UserHistory("cold")]
     batch = rec.embed(hs)
     for b, h in enumerate(hs):
@@ -108,10 +108,10 @@ def test_embeddings_batch_equals_single(model: ALSModel) -> None:
        st.sampled_from([0.0, 60.0, 3600.0]), st.sampled_from([1.0, 0.5]))
 def test_batched_weights_equal_the_history_reference(model: ALSModel, users: list, half_life: float,
                                                      decay: float) -> None:
-    """OnlineRecommender builds a batch's fold-in weights vectorised; they must equal
+    """ServedModel builds a batch's fold-in weights vectorised; they must equal
     UserHistory.weighted_items restricted to items with a vector, in the same order."""
     cfg = FoldInConfig(history_size=5, half_life_s=half_life, position_decay=decay)
-    rec = OnlineRecommender(model, cfg, device="cpu")
+    rec = ServedModel(model, cfg, device="cpu")
     hs = []
     for u, rows in enumerate(users):
         h = UserHistory(f"u{u}")
@@ -130,7 +130,7 @@ def test_batched_weights_equal_the_history_reference(model: ALSModel, users: lis
         np.testing.assert_allclose([x for _, x in got], [x for _, x in keep], rtol=1e-5, atol=1e-30)
 
 
-def _observe(rec: OnlineRecommender, hs: dict[str, UserHistory], events: list[Event]) -> None:
+def _observe(rec: ServedModel, hs: dict[str, UserHistory], events: list[Event]) -> None:
     touched = {}
     for ev in events:
         h = hs.setdefault(ev.user_id, UserHistory(ev.user_id))
@@ -140,7 +140,7 @@ def _observe(rec: OnlineRecommender, hs: dict[str, UserHistory], events: list[Ev
 
 
 def test_sequential_neighbours_of_the_last_item_are_recommended(model: ALSModel) -> None:
-    rec = OnlineRecommender(model, device="cpu")
+    rec = ServedModel(model, device="cpu")
     hs: dict[str, UserHistory] = {}
     for j in range(5):  # many users go a0 -> b5
         _observe(rec, hs, [Event(f"u{j}", "a0", EventType.VIEW, 100.0 * j), Event(f"u{j}", "b5", EventType.VIEW, 100.0 * j + 5)])
@@ -150,7 +150,7 @@ def test_sequential_neighbours_of_the_last_item_are_recommended(model: ALSModel)
 
 
 def test_category_trending_is_a_source(model: ALSModel) -> None:
-    rec = OnlineRecommender(model, device="cpu")
+    rec = ServedModel(model, device="cpu")
     rec.set_category(["a0", "b4"], ["shoes", "shoes"])
     hs: dict[str, UserHistory] = {}
     _observe(rec, hs, [Event("x", "b4", EventType.PURCHASE, 10.0, category="shoes")])
@@ -160,7 +160,7 @@ def test_category_trending_is_a_source(model: ALSModel) -> None:
 
 
 def test_the_ranker_learns_which_source_predicts_the_next_event(model: ALSModel) -> None:
-    rec = OnlineRecommender(model, device="cpu")
+    rec = ServedModel(model, device="cpu")
     hs: dict[str, UserHistory] = {}
     w0 = rec.signals.w.copy()
     t = 0.0
@@ -174,7 +174,7 @@ def test_the_ranker_learns_which_source_predicts_the_next_event(model: ALSModel)
 
 
 def test_everything_stays_finite_for_events_far_out_of_time_order(model: ALSModel) -> None:
-    rec = OnlineRecommender(model, device="cpu")
+    rec = ServedModel(model, device="cpu")
     hs: dict[str, UserHistory] = {}
     times = [1.7e9, 1e11, 1.7e9 + 5, -1e11, 1e11 + 1, 0.0]
     for j, t in enumerate(times):
@@ -185,7 +185,7 @@ def test_everything_stays_finite_for_events_far_out_of_time_order(model: ALSMode
 
 
 def test_batch_of_users_equals_one_by_one(model: ALSModel) -> None:
-    rec = OnlineRecommender(model, device="cpu")
+    rec = ServedModel(model, device="cpu")
     hs: dict[str, UserHistory] = {}
     for j in range(6):
         _observe(rec, hs, [Event(f"u{j}", f"a{j}", EventType.VIEW, 10.0 * j), Event(f"u{j}", f"b{j}", EventType.VIEW, 10.0 * j + 1)])
@@ -198,7 +198,7 @@ def test_batch_of_users_equals_one_by_one(model: ALSModel) -> None:
 def test_step_learns_what_observe_learns_with_one_search(model: ALSModel) -> None:
     """The worker's fused step trains the ranker on as many lists as observe and keeps the
     same item statistics; its lists are the touched users' top-k of unseen items."""
-    fused, split = OnlineRecommender(model, device="cpu"), OnlineRecommender(model, device="cpu")
+    fused, split = ServedModel(model, device="cpu"), ServedModel(model, device="cpu")
     rng = np.random.default_rng(3)
     items = model.item_ids + ["n1", "n2"]  # two items no model vector knows: folded in on the way
     hs_f: dict[str, UserHistory] = {}
@@ -233,7 +233,7 @@ def test_step_learns_what_observe_learns_with_one_search(model: ALSModel) -> Non
 def test_a_first_list_on_an_empty_item_side_is_the_users_own_fold_in(model: ALSModel) -> None:
     """A worker that starts with no snapshot: nothing learned from the stream yet, so the ranker's
     prior ranks the fold-in candidates (scores 1/(1+rank), which look like a fallback but are not)."""
-    rec = OnlineRecommender(model, device="cpu")
+    rec = ServedModel(model, device="cpu")
     h = history("u", ["a0", "b1", "a2"], model=model)
     plan = rec.plan_step([Event("u", "a2", EventType.VIEW, 1002.0)], {"u": h}, K)
     found = rec.index.search(rec.embed([h]), K, [h.exclude()])[0]

@@ -1,10 +1,10 @@
 """The served model: candidates from several online sources, ranked by a model learned online.
 
-``OnlineRecommender`` is stateless about users: callers own each user's
+``ServedModel`` is stateless about users: callers own each user's
 ``UserHistory`` (the stream keeps it in a changelog-backed table) and hand a
 batch of histories in. It owns the global, shared state: item factors (growing
 as new items are folded in), the item index, availability, and the stream
-signals (``signals``, a :class:`~model_core.signals.StreamSignals`): trending,
+signals (``signals``, a :class:`~model_core.served.signals.StreamSignals`): trending,
 item categories, sequential rules, co-visitation and the ranker's weights.
 
 A list is made in one batched pass (``recommend``):
@@ -36,11 +36,11 @@ from model_core.config import EventWeights, FoldInConfig
 from model_core.events import Event
 from model_core.foldin import FoldIn
 from model_core.index import IndexConfig, ItemIndex
-from model_core.shared import ItemDelta, user_key
-from model_core.signals import FEATURES, Candidates, SignalsConfig, StreamSignals
+from model_core.served.shared import ItemDelta, user_key
+from model_core.served.signals import FEATURES, Candidates, SignalsConfig, StreamSignals
 from model_core.state import UserHistory
 
-__all__ = ["SOURCES", "OnlineRecommender", "Recommendation", "Step"]
+__all__ = ["SOURCES", "ServedModel", "Recommendation", "Step"]
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ _SMALL_BATCH = 8  # up to this many users, fold-in inputs are built with plain l
 
 @dataclass
 class Step:
-    """One batch planned by ``OnlineRecommender.plan_step``: its lists, and what it teaches."""
+    """One batch planned by ``ServedModel.plan_step``: its lists, and what it teaches."""
 
     lists: list[Recommendation]
     sources: list[list[tuple[str, ...]]]  # per list and item, the sources that proposed it (``SOURCES``)
@@ -66,10 +66,10 @@ _SOURCE_FEATURES = tuple(zip(SOURCES, ("sr_rank", "covisit_rank", "knn_rank", "f
 _FEATURE_INDEX = {name: i for i, name in enumerate(FEATURES)}
 
 
-class OnlineRecommender:
+class ServedModel:
     """Multi-source candidates + online ranker for batches of users, on one model version.
 
-    >>> rec = OnlineRecommender(model)                       # doctest: +SKIP
+    >>> rec = ServedModel(model)                       # doctest: +SKIP
     >>> rec.observe(events, histories)                       # doctest: +SKIP
     >>> rec.recommend([histories["u1"]], k=20)               # doctest: +SKIP
     [[("i42", 0.93), ...]]
@@ -101,7 +101,7 @@ class OnlineRecommender:
         self._new_items: dict[str, dict[str, tuple[np.ndarray, float]]] = {}
         self.unavailable: set[str] = set()
 
-    def successor(self, model: ALSModel, index: IndexConfig | None = None, *, device: str = "auto") -> OnlineRecommender:
+    def successor(self, model: ALSModel, index: IndexConfig | None = None, *, device: str = "auto") -> ServedModel:
         """A recommender on a newer model version that carries this one's online state.
 
         What was learned from the stream (trending, item graphs, session kNN, the
@@ -109,7 +109,7 @@ class OnlineRecommender:
         settings stay. Call it where batches and catalog updates run, and install
         the result there, so nothing lands on this one after the hand-over.
         """
-        fresh = OnlineRecommender(model, self.foldin_config, index or self.index.config, device=device,
+        fresh = ServedModel(model, self.foldin_config, index or self.index.config, device=device,
                                   fold_new_items=self.fold_new_items)
         fresh.signals = self.signals
         if self.unavailable:
@@ -174,7 +174,7 @@ class OnlineRecommender:
         """The batch's lists and what it teaches (``Step.delta``), learning nothing: safe to run again.
 
         A caller that retries a failed batch retries this; ``learn`` then learns the delta
-        once (on every replica of the item side, see ``model_core.shared``).
+        once (on every replica of the item side, see ``model_core.served.shared``).
         """
         by_user = self._by_user(events)
         pseudo, targets = self._ranker_examples(by_user, histories)
@@ -233,7 +233,7 @@ class OnlineRecommender:
 
     def _delta(self, events: Sequence[Event], histories: Mapping[str, UserHistory],
                by_user: Mapping[str, list[Event]], examples: Candidates | None, targets: list[str]) -> ItemDelta:
-        """What the batch teaches the item side (``model_core.shared``), learning nothing."""
+        """What the batch teaches the item side (``model_core.served.shared``), learning nothing."""
         sig = self.signals
         weights = self.model.config.weights
         # learn_sequences reads at most this many of the newest earlier items (rules, session chain)
