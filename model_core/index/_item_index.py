@@ -16,6 +16,7 @@ from typing import Any
 import faiss
 import numpy as np
 
+from model_core._blas import one_blas_thread
 from model_core._io import sha256_file
 from model_core.errors import BadInputError, ConfigError, ModelIncompatibleError
 from model_core.index._base import IndexConfig, new_faiss_index, plan_kind, resolve_device
@@ -309,22 +310,14 @@ class ItemIndex:
         again with twice the fetch (and, ivf, twice the nprobe) until it cannot
         widen further. flat returns exactly ``min(k, available not excluded)``.
         """
-        q = self._check_vectors(queries, "queries")
-        if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 0:
-            raise BadInputError(f"k={k!r} must be a non-negative integer")
-        k = int(k)
+        q, k = self._check_search(queries, k, exclude)
         B = len(q)
-        if exclude is not None and len(exclude) != B:
-            raise BadInputError(f"exclude has {len(exclude)} entries for {B} queries")
         with self._lock:
             if B == 0:
                 return []
             if k == 0 or self.n_available == 0:
                 return [[] for _ in range(B)]
-            excl: list[Collection[str]] = (
-                [()] * B if exclude is None
-                else [e if isinstance(e, (set, frozenset, dict)) else set(e) for e in exclude]
-            )
+            excl = _exclusion_sets(exclude, B)
             out: SearchResult = [[] for _ in range(B)]
             if self._kind == "flat" and self.device != "cuda":
                 # exact CPU search drops exclusions inside the scan: no over-fetch
@@ -342,6 +335,41 @@ class ItemIndex:
                 sel = np.flatnonzero(buckets == bucket)
                 self._search_group(q[sel], sel, k, int(fetch[sel].max()), excl, out)
             return out
+
+    def search_flat(
+        self,
+        queries: np.ndarray,
+        k: int,
+        exclude: Sequence[Collection[str]] | None = None,
+    ) -> tuple[np.ndarray, list[str], np.ndarray]:
+        """:meth:`search` in flat form, for callers that take the hits apart again.
+
+        Returns ``(counts [B] int64, item ids, scores [sum(counts)] float32)``: query
+        ``b``'s hits are the ``counts[b]`` entries after those of queries ``0..b-1``,
+        best first; the same hits and scores as :meth:`search`. The exact CPU search
+        fills it from its result arrays, without B lists of (id, score) tuples.
+        """
+        q, k = self._check_search(queries, k, exclude)
+        with self._lock:
+            if len(q) and k and self.n_available and self._kind == "flat" and self.device != "cuda":
+                scores, slots = self._exact_cpu(q, np.arange(len(q)), k, _exclusion_sets(exclude, len(q)))
+                hit = slots >= 0  # misses (fewer than k items left) are the last columns
+                ids = self._ids
+                return hit.sum(axis=1), [ids[s] for s in slots[hit].tolist()], scores[hit]
+            found = self.search(q, k, exclude)
+        counts = np.fromiter((len(lst) for lst in found), np.int64, len(found))
+        scores_f = np.fromiter((s for lst in found for _, s in lst), np.float32, int(counts.sum()))
+        return counts, [i for lst in found for i, _ in lst], scores_f
+
+    def _check_search(
+        self, queries: np.ndarray, k: int, exclude: Sequence[Collection[str]] | None
+    ) -> tuple[np.ndarray, int]:
+        q = self._check_vectors(queries, "queries")
+        if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 0:
+            raise BadInputError(f"k={k!r} must be a non-negative integer")
+        if exclude is not None and len(exclude) != len(q):
+            raise BadInputError(f"exclude has {len(exclude)} entries for {len(q)} queries")
+        return q, int(k)
 
     def _search_group(
         self, q: np.ndarray, rows: np.ndarray, k: int, fetch: int,
@@ -380,16 +408,25 @@ class ItemIndex:
         self, q: np.ndarray, rows: np.ndarray, k: int, fetch: int,
         excl: list[Collection[str]], out: SearchResult,
     ) -> None:
+        scores, slots = self._exact_cpu(q, rows, fetch, excl)
+        ids = self._ids
+        for b, slot_row, score_row in zip(rows.tolist(), slots.tolist(), scores.tolist()):
+            out[b] = [(ids[s], v) for s, v in zip(slot_row, score_row) if s >= 0][:k]
+
+    @one_blas_thread()  # many small sgemms between numpy selections
+    def _exact_cpu(
+        self, q: np.ndarray, rows: np.ndarray, fetch: int, excl: list[Collection[str]]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Exact top-``fetch`` (scores, slots) [len(q), fetch] from the fast-path layout; slot -1
+        pads. ``rows[i]`` is query i's position in ``excl``. The layout hides unavailable and
+        removed items, and drops the excluded ones inside its scan."""
         layout = self._get_layout()
         slot_of = self._slot_of
         pairs = [(i, s) for i, b in enumerate(rows.tolist()) for x in excl[b] if (s := slot_of.get(x)) is not None]
         exclude = (np.fromiter((i for i, _ in pairs), np.int64, len(pairs)),
                    np.fromiter((s for _, s in pairs), np.int64, len(pairs))) if pairs else None
         scores, slots, _ = layout.search(q, fetch, exclude)
-        # the layout hides unavailable, removed and (given above) excluded items
-        ids = self._ids
-        for b, slot_row, score_row in zip(rows.tolist(), slots.tolist(), scores.tolist()):
-            out[b] = [(ids[s], v) for s, v in zip(slot_row, score_row) if s >= 0][:k]
+        return scores, slots
 
     def _search_faiss_cpu(
         self, q: np.ndarray, rows: np.ndarray, k: int, fetch: int,
@@ -710,6 +747,13 @@ class ItemIndex:
         sel = faiss.IDSelectorBitmap(len(self._ids), faiss.swig_ptr(bits))
         self._selector = (key[0], key[1], sel, bits)  # keep the bitmap alive with the selector
         return sel
+
+
+def _exclusion_sets(exclude: Sequence[Collection[str]] | None, n: int) -> list[Collection[str]]:
+    """``exclude`` with O(1) membership (lists become sets); n empty ones for None."""
+    if exclude is None:
+        return [()] * n
+    return [e if isinstance(e, (set, frozenset, dict)) else set(e) for e in exclude]
 
 
 def _check_ids(ids: Sequence[str]) -> list[str]:

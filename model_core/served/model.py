@@ -31,6 +31,7 @@ from itertools import islice
 
 import numpy as np
 
+from model_core._blas import one_blas_thread
 from model_core.als import ALSModel
 from model_core.config import EventWeights, FoldInConfig
 from model_core.events import Event
@@ -193,6 +194,7 @@ class ServedModel:
         """Learn what ``plan_step`` planned (``learn(plan.delta)``)."""
         self.learn(plan.delta)
 
+    @one_blas_thread()
     def learn(self, delta: ItemDelta) -> None:
         """Apply one delta to the item side: forgotten users, the ranker, item statistics, item
         graphs and sessions, new items' vectors. Replicas that apply the same deltas in the
@@ -418,6 +420,7 @@ class ServedModel:
         rows, weights = self._padded(histories)
         return self._fold.users(rows, weights)
 
+    @one_blas_thread()
     def _candidates(
         self, histories: Sequence[UserHistory], exclude: Sequence[Collection[str]]
     ) -> tuple[Candidates, np.ndarray]:
@@ -437,11 +440,9 @@ class ServedModel:
         vecs = self.embed(histories)
         warm = np.flatnonzero(np.any(vecs != 0, axis=1))
         if len(warm):
-            found = self.index.search(vecs[warm], sig.config.fold_candidates, [exclude[w] for w in warm.tolist()])
-            lens = np.fromiter((len(lst) for lst in found), np.int64, len(found))
-            row = sig.rows_of(i for lst in found for i, _ in lst)
-            score = np.fromiter((s for lst in found for _, s in lst), np.float64, int(lens.sum()))
-            fold = (np.repeat(warm, lens), row, score)
+            lens, ids, score = self.index.search_flat(vecs[warm], sig.config.fold_candidates,
+                                                      [exclude[w] for w in warm.tolist()])
+            fold = (np.repeat(warm, lens), sig.rows_of(ids), score.astype(np.float64))
         own = np.fromiter((sig.sessions.own_slot(user_key(h.user_id)) for h in histories), np.int64, b)
         return sig.candidates(last, last_t, hist_len, fold, own), last
 
@@ -464,6 +465,7 @@ class ServedModel:
         cand, _ = self._candidates(histories, exclude)
         return self._rank(cand, histories, exclude, k)[0]
 
+    @one_blas_thread()
     def _rank(self, cand: Candidates, histories: Sequence[UserHistory], exclude: Sequence[Collection[str]],
               k: int, *, with_sources: bool = False
               ) -> tuple[list[Recommendation], list[list[tuple[str, ...]]] | None]:
@@ -485,10 +487,10 @@ class ServedModel:
         user, row, score = user[order], row[order], score[order]
         start = np.searchsorted(user, user, side="left")
         top = (np.arange(len(user)) - start) < k
-        out: list[Recommendation] = [[] for _ in histories]
         ids = sig.ids
-        for b, r, s in zip(user[top].tolist(), row[top].tolist(), score[top].tolist()):
-            out[b].append((ids[r], s))
+        pairs = list(zip([ids[r] for r in row[top].tolist()], score[top].tolist()))
+        cut = np.searchsorted(user[top], np.arange(len(histories) + 1)).tolist()  # users in order
+        out: list[Recommendation] = [pairs[a:z] for a, z in zip(cut[:-1], cut[1:])]
         sources: list[list[tuple[str, ...]]] | None = None
         if with_sources:
             x = cand.x[keep][order][top]

@@ -379,7 +379,13 @@ class StreamSignals:
         self._cap = cap
 
     def rows_of(self, items: Iterable[str]) -> np.ndarray:
-        return np.fromiter((self.row(i) for i in items), np.int64)
+        """Rows of ``items``; new items get rows in order, as ``row`` hands them out."""
+        items = items if isinstance(items, list) else list(items)
+        get = self.rows.get
+        out = np.array([get(i, -1) for i in items], dtype=np.int64)
+        for j in np.flatnonzero(out < 0).tolist():
+            out[j] = self.row(items[j])
+        return out
 
     def set_category(self, items: Iterable[str], categories: Iterable[str | None]) -> None:
         """Item metadata (catalog or events): an item's category, None to clear it."""

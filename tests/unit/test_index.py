@@ -291,6 +291,28 @@ def test_exclude_never_shortens(kind: str) -> None:
             _assert_topk(_hit_ids(res)[b:b + 1], [ids[j] for j in keep], V[keep], Q[b:b + 1], 20)
 
 
+@pytest.mark.parametrize("kind", ["flat", "ivf", "hnsw"])
+def test_search_flat_is_search_flattened(kind: str) -> None:
+    n = 2000
+    ids, V = _ids(n), _clustered(n, DIM, seed=2)
+    index = ItemIndex.build(ids, V, IndexConfig(kind=kind, nlist=8, nprobe=2))
+    index.set_available(ids[10:20], False)
+    Q = _vectors(6, seed=4)
+    exclude = [set(ids[5 * b: 5 * b + 40]) | {"unknown"} for b in range(6)]
+    exclude[2] = set(ids[:1990])  # fewer than k left for this query
+    for ex in (None, exclude):
+        res = index.search(Q, 20, exclude=ex)
+        counts, hit_ids, scores = index.search_flat(Q, 20, exclude=ex)
+        assert counts.tolist() == [len(r) for r in res]
+        assert hit_ids == [i for r in res for i, _ in r]
+        assert scores.dtype == np.float32
+        assert scores.tolist() == [s for r in res for _, s in r]
+    counts, hit_ids, scores = index.search_flat(Q[:0], 20)
+    assert counts.shape == (0,) and hit_ids == [] and scores.shape == (0,)
+    counts, hit_ids, scores = index.search_flat(Q, 0)
+    assert counts.tolist() == [0] * 6 and hit_ids == [] and scores.shape == (0,)
+
+
 def test_overfetch_retry_widens_approximate_search() -> None:
     # ivf with nprobe=1 visits one list (~n/nlist items): asking for more than a
     # list holds, or excluding most of it, forces the retry path (more fetch, more probes)
