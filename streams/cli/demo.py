@@ -5,7 +5,7 @@ puts that part on the events topic as the shop's history (the worker group
 starts after it), starts a worker, replays the rest at a steady rate while
 printing lists as they update, retrains once from the topic during the replay
 (the gate decides; the worker swaps a promoted version in and the lists name
-it), then stops everything and prints (and with --json writes) a summary, with the
+it; the replay's last third waits for the retrain and the swap, so it shows), then stops everything and prints (and with --json writes) a summary, with the
 worker's live quality (its published lists' HR@K against the users' next events, from
 its /metrics).
 """
@@ -22,6 +22,7 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -115,9 +116,12 @@ def run_demo(base: Settings, workdir: Path, synth: SynthConfig, *, train_fractio
 
         events = list(generate_events(synth))
         split = int(len(events) * train_fraction)
-        replay_log = workdir / "replay.jsonl"
-        with open(replay_log, "w") as f:
-            f.writelines(event_to_json(ev) + "\n" for ev in events[split:])
+        # the replay in two parts: the second waits for the retrain, so the lists show the swap
+        rest = events[split:]
+        replay_logs = (workdir / "replay-1.jsonl", workdir / "replay-2.jsonl")
+        for path, part in zip(replay_logs, (rest[: len(rest) * 2 // 3], rest[len(rest) * 2 // 3:])):
+            with open(path, "w") as f:
+                f.writelines(event_to_json(ev) + "\n" for ev in part)
         _say(live, f"[2/5] generated {len(events)} events ({synth.users} users, {synth.items} items); "
                    f"training on the first {split}, replaying {len(events) - split}")
 
@@ -148,7 +152,7 @@ def run_demo(base: Settings, workdir: Path, synth: SynthConfig, *, train_fractio
             print(f"serve: {serve_url}/ (dashboard), {serve_url}/docs (API); log: {workdir / 'serve.log'}",
                   file=sys.stderr, flush=True)
             # retrain once a sixth of the replay is applied (the gate needs events the model has not seen)
-            summary = _stream(settings, replay_log, rate, worker, model.version, live, workdir / "models",
+            summary = _stream(settings, replay_logs, rate, worker, model.version, live, workdir / "models",
                               retrain_after=max(1, (len(events) - split) // 6))
             summary["serve"] = {"url": serve_url, **_measure_serve(serve_url, summary.pop("_users"))}
             return summary
@@ -254,8 +258,10 @@ def _retrain(settings: Settings, models: Path) -> dict[str, Any]:
     return train_from_topic(settings, ALSConfig(), models, TrainOptions(holdout=600, warmup=2000, keep=0))
 
 
-def _stream(settings: Settings, replay_log: Path, rate: float, worker: subprocess.Popen[bytes],
+def _stream(settings: Settings, replay_logs: tuple[Path, Path], rate: float, worker: subprocess.Popen[bytes],
             model_version: str, live: bool, models: Path, retrain_after: int) -> dict[str, Any]:
+    """Replay the first log; wait for the retrain (and, when its version is promoted, for the
+    worker to swap it in); replay the second; follow the lists all along."""
     from confluent_kafka import Producer
 
     from streams.cli.replay import replay
@@ -264,6 +270,7 @@ def _stream(settings: Settings, replay_log: Path, rate: float, worker: subproces
     stats: dict[str, ReplayStats] = {}
     failure: list[BaseException] = []
     retrained: dict[str, Any] = {}
+    paused: list[float] = []  # seconds the replay waited for the retrain and the swap
 
     def retrain() -> None:
         try:
@@ -281,18 +288,34 @@ def _stream(settings: Settings, replay_log: Path, rate: float, worker: subproces
             for bad in BAD_EVENTS:  # shows the dead-letter path: these must not stop the stream
                 p.produce(settings.events_topic, key=b"u1", value=bad)
             p.flush(10)
-            stats["replay"] = replay(replay_log, settings, rate=rate)
+            first = replay(replay_logs[0], settings, rate=rate)
+            t0 = time.time()
+            if trainer.is_alive():
+                _say(live, f"  {t0 - started:5.1f}s  replayed {first.delivered} events; the rest waits for the "
+                           "retrain (training, then the gate replays both versions on the newest events)")
+            trainer.join(300)  # the gate takes seconds to tens of seconds on a busy machine
+            if retrained.get("promoted"):
+                deadline = time.time() + 60
+                while scrape(settings.web_port).get("freshrec_model_swaps_total", 0) < 1 and time.time() < deadline:
+                    if failure or worker.poll() is not None:
+                        return
+                    time.sleep(0.2)
+            paused.append(time.time() - t0)
+            second = replay(replay_logs[1], settings, rate=rate)
+            stats["replay"] = replace(second, sent=first.sent + second.sent, delivered=first.delivered + second.delivered,
+                                      failed=first.failed + second.failed, skipped=first.skipped + second.skipped,
+                                      seconds=first.seconds + second.seconds)
         except BaseException as exc:  # noqa: BLE001 - reported by the main thread
             failure.append(exc)
 
     client = RecommendationClient(settings)
     started = time.time()
-    producer = threading.Thread(target=produce, name="demo-replay", daemon=True)
-    producer.start()
     trainer = threading.Thread(target=retrain, name="demo-retrain", daemon=True)
+    producer = threading.Thread(target=produce, name="demo-replay", daemon=True)
     trainer.start()
-    _say(live, f"[5/5] replaying at {rate:.0f} events/s, retraining from the topic after {retrain_after} events; "
-               "lists as they arrive (Ctrl-C stops early):")
+    producer.start()
+    _say(live, f"[5/5] replaying at {rate:.0f} events/s, retraining from the topic after {retrain_after} events "
+               "(the last third of the replay waits for it); lists as they arrive (Ctrl-C stops early):")
     last_print, total, last_list = 0.0, 0, started
     fresh_ms: list[float] = []
     by_model: dict[str, int] = {}
@@ -331,7 +354,7 @@ def _stream(settings: Settings, replay_log: Path, rate: float, worker: subproces
                     break
     finally:
         client.close()
-    elapsed = last_list - started
+    elapsed = last_list - started - sum(paused)
     metrics = scrape(settings.web_port)
     sent = stats["replay"].delivered
     return {
@@ -348,6 +371,7 @@ def _stream(settings: Settings, replay_log: Path, rate: float, worker: subproces
         "retrained": {"version": retrained.get("version"), "promoted": retrained.get("promoted"),
                       "why": retrained.get("gate", {}).get("why"), "seconds": retrained.get("seconds")},
         "lists_by_model": by_model,
+        "replay_paused_s": round(sum(paused), 1),  # waiting for the retrain and the swap (not in events_per_s)
         # the worker's published lists against its users' next events: HR@k as served
         "live_quality": {"k": settings.k, **live_quality(metrics)},
         "_users": sorted(client.latest)[:1000],

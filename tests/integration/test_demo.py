@@ -27,6 +27,9 @@ def test_demo_applies_every_event_and_reports(tmp_path: Path) -> None:
     retrained = summary["retrained"]  # one round of training from the topic, gated
     assert retrained["version"] > summary["model_version"] and isinstance(retrained["promoted"], bool)
     assert retrained["why"] and summary["model_version"] in summary["lists_by_model"]
+    if retrained["promoted"]:  # the replay's last third waited for the swap: its lists name the new version
+        assert summary["lists_by_model"].get(retrained["version"], 0) > 0, summary["lists_by_model"]
+    assert summary["replay_paused_s"] >= 0
     live = summary["live_quality"]  # the worker's published lists against its users' next events
     assert live["k"] == 20 and 0 < live["hits"] <= live["points"]
     assert live["hr"] == round(live["hits"] / live["points"], 4)
