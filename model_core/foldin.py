@@ -167,9 +167,8 @@ class FoldIn:
             gram_reg = self._gram + self._reg
             if self._gram_inv is None:
                 self._gram_inv = _inverse(gram_reg)
-            # bucket rows by history length (powers of two) so padding stays small
             lengths = (rows >= 0).sum(axis=1)
-            widths = np.where(lengths > 0, 1 << np.ceil(np.log2(np.maximum(lengths, 1))).astype(np.int64), 0)
+            widths = _buckets(lengths, self.factors)
             for width in np.unique(widths):
                 if width == 0:
                     continue  # no known item: zero embedding (the caller falls back)
@@ -202,6 +201,32 @@ class FoldIn:
             out = solve_batched(gram_reg, f, confidence(w, self.config), _inverse(gram_reg)).cpu().numpy()
             out[~np.isfinite(out).all(axis=1)] = 0.0
             return out
+
+
+_SOLVE_OVERHEAD = 200_000
+"""What one more solve call costs on the CPU (torch's per-op overhead, ~0.3 ms), in the
+units of ``_buckets``' cost model: B x H x (H + k) for B rows padded to width H."""
+
+
+def _buckets(lengths: np.ndarray, k: int) -> np.ndarray:
+    """Per row, the padded width it is solved at (0: no known item, no solve).
+
+    Rows are bucketed by length, to powers of two, so padding stays small; a bucket of
+    short rows joins the next wider one when padding them costs less than one more solve
+    (small batches: one or two solves instead of one per length). Padding changes no
+    result: a padded entry has a zero factor row and confidence 1.
+    """
+    widths = np.where(lengths > 0, 1 << np.ceil(np.log2(np.maximum(lengths, 1))).astype(np.int64), 0)
+    present, counts = np.unique(widths[widths > 0], return_counts=True)
+    to = {}
+    target = None
+    for w, n in zip(present[::-1].tolist(), counts[::-1].tolist()):  # widest first
+        if target is None or n * (target * (target + k) - w * (w + k)) > _SOLVE_OVERHEAD:
+            target = w
+        to[w] = target
+    if all(w == t for w, t in to.items()):
+        return widths
+    return np.array([to.get(w, 0) for w in widths.tolist()], dtype=np.int64)
 
 
 MAX_FOLD_WEIGHT = 1e6  # summed, decayed event weight of one (user, item) cell, at most

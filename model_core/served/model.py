@@ -65,6 +65,10 @@ SOURCES = ("sr", "covisit", "knn", "foldin", "trending", "category")
 _SOURCE_FEATURES = tuple(zip(SOURCES, ("sr_rank", "covisit_rank", "knn_rank", "fold_hit", "trend_rank",
                                        "category_rank")))
 _FEATURE_INDEX = {name: i for i, name in enumerate(FEATURES)}
+_SOURCE_COLUMNS = np.array([_FEATURE_INDEX[f] for _, f in _SOURCE_FEATURES])
+_SOURCE_BITS = 1 << np.arange(len(SOURCES))
+_SOURCE_SETS = [tuple(n for j, n in enumerate(SOURCES) if m >> j & 1) for m in range(1 << len(SOURCES))]
+"""Source names of each bit mask over ``SOURCES``."""
 
 
 class ServedModel:
@@ -493,12 +497,10 @@ class ServedModel:
         out: list[Recommendation] = [pairs[a:z] for a, z in zip(cut[:-1], cut[1:])]
         sources: list[list[tuple[str, ...]]] | None = None
         if with_sources:
-            x = cand.x[keep][order][top]
-            flags = np.stack([x[:, _FEATURE_INDEX[f]] > 0 for _, f in _SOURCE_FEATURES], axis=1)
-            names = [tuple(n for (n, _), on in zip(_SOURCE_FEATURES, fl) if on) for fl in flags.tolist()]
-            sources = [[] for _ in histories]
-            for b, srcs in zip(user[top].tolist(), names):
-                sources[b].append(srcs)
+            picked = np.flatnonzero(keep)[order[top]]
+            mask = (cand.x[picked][:, _SOURCE_COLUMNS] > 0) @ _SOURCE_BITS  # one bit per source
+            names = [_SOURCE_SETS[m] for m in mask.tolist()]
+            sources = [names[a:z] for a, z in zip(cut[:-1], cut[1:])]
         for b, lst in enumerate(out):
             if len(lst) < k:
                 have = set(exclude[b]).union(i for i, _ in lst).union(self.unavailable)

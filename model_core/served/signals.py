@@ -26,6 +26,7 @@ import zlib
 from collections import deque
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
+from itertools import chain
 from typing import TypeAlias
 
 import numpy as np
@@ -117,26 +118,39 @@ class _ItemGraph:
             e.update(keep)
         self.dirty[a] = True
 
+    def _refresh(self, need: np.ndarray) -> None:
+        """Recompute the top-M table of the rows ``need``: rows with at most M edges in one
+        scatter, in edge order; larger rows one by one (their M heaviest)."""
+        m, edges = self.m, self.edges
+        rows = need.tolist()
+        lens = np.fromiter((len(edges[r]) for r in rows), np.int64, len(rows))
+        total = int(lens.sum())
+        keys = np.fromiter(chain.from_iterable(edges[r] for r in rows), np.int64, total)
+        vals = np.fromiter(chain.from_iterable(edges[r].values() for r in rows), np.float64, total)
+        self.top_rows[need] = -1
+        self.top_w[need] = 0.0
+        start = np.cumsum(lens) - lens
+        seg = np.repeat(np.arange(len(rows)), lens)
+        small = (lens <= m)[seg]
+        col = np.arange(total) - start[seg]
+        self.top_rows[need[seg[small]], col[small]] = keys[small]
+        self.top_w[need[seg[small]], col[small]] = vals[small]
+        for i in np.flatnonzero(lens > m).tolist():
+            k, v = keys[start[i]:start[i] + lens[i]], vals[start[i]:start[i] + lens[i]]
+            part = np.argpartition(-v, m - 1)[:m]
+            self.top_rows[rows[i]] = k[part]
+            self.top_w[rows[i]] = v[part]
+        self.dirty[need] = False
+
     def neighbours(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Top-M neighbour rows and weights of ``rows`` (any shape; -1 = none): shape + (M,)."""
         flat = rows.reshape(-1)
         valid = flat >= 0
         need = np.unique(flat[valid])
         need = need[self.dirty[need]]
+        if len(need):
+            self._refresh(need)
         m = self.m
-        for r in need.tolist():
-            e = self.edges[r]
-            n = len(e)
-            keys = np.fromiter(e.keys(), np.int64, n)
-            vals = np.fromiter(e.values(), np.float64, n)
-            if n > m:
-                part = np.argpartition(-vals, m - 1)[:m]
-                keys, vals = keys[part], vals[part]
-            self.top_rows[r, :] = -1
-            self.top_w[r, :] = 0.0
-            self.top_rows[r, : len(keys)] = keys
-            self.top_w[r, : len(keys)] = vals
-            self.dirty[r] = False
         safe = np.where(valid, flat, 0)
         nb = np.where(valid[:, None], self.top_rows[safe], -1)
         w = np.where(valid[:, None], self.top_w[safe], 0.0)
@@ -209,7 +223,8 @@ class _SessionStore:
         g = self.gen[slot]
         for r in new_items:
             ps = self.post_slot[r]
-            if np.any((ps == slot) & (self.post_gen[r] == g)):
+            hit = np.flatnonzero(ps == slot)  # rarely any: then is it this generation's?
+            if len(hit) and (self.post_gen[r, hit] == g).any():
                 continue
             j = self.post_next[r]
             ps[j] = slot

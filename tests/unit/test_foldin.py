@@ -6,7 +6,7 @@ import torch
 
 from model_core.als import Interactions, _csr, _solve_side, fit_factors
 from model_core.config import ALSConfig
-from model_core.foldin import FoldIn, solve_batched
+from model_core.foldin import FoldIn, _buckets, solve_batched
 
 CFG = ALSConfig(factors=8, regularization=0.1, alpha=3.0, iterations=5, cg_steps=0)
 
@@ -82,6 +82,27 @@ def test_batch_equals_one_at_a_time_and_padding_is_ignored() -> None:
         np.testing.assert_allclose(batch[b], reference_solve(v, list(idx[b, keep]), list(w[b, keep]), CFG),
                                    rtol=1e-3, atol=1e-5)
     assert not fold.users(np.array([[-1, -1]]), np.zeros((1, 2), np.float32)).any()
+
+
+def test_short_rows_join_a_wider_solve_only_while_that_is_cheaper() -> None:
+    few = _buckets(np.array([0, 1, 3, 9, 17]), 64)  # a handful of users: one solve
+    assert few.tolist() == [0, 32, 32, 32, 32]
+    many = _buckets(np.array([1] * 5000 + [40] * 10), 64)  # padding 5000 rows to 64 costs more
+    assert set(many[:5000].tolist()) == {1} and set(many[5000:].tolist()) == {64}
+    # whatever the grouping, each row's embedding is its own exact solve
+    rng = np.random.default_rng(3)
+    v = rng.normal(size=(200, 16)).astype(np.float32)
+    fold = FoldIn(v, CFG, device="cpu")
+    lengths = rng.integers(1, 40, 50)
+    idx = np.full((50, 40), -1)
+    w = np.zeros((50, 40), np.float32)
+    for b, n in enumerate(lengths):
+        idx[b, :n] = rng.choice(200, n, replace=False)
+        w[b, :n] = rng.uniform(0.5, 3.0, n)
+    batch = fold.users(idx, w)
+    for b, n in enumerate(lengths):
+        np.testing.assert_allclose(batch[b], reference_solve(v, list(idx[b, :n]), list(w[b, :n]), CFG),
+                                   rtol=1e-3, atol=1e-5)
 
 
 def test_new_item_fold_in_and_gramian_stays_exact() -> None:
