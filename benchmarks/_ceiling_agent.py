@@ -15,8 +15,8 @@ here with the settings the worker's Faust app had before it stopped reading Kafk
 ``stream.take_events(batch_size, within=batch_within_s)`` that only counts: what a
 stock Faust agent gets on the same backlog, for comparison.
 
-STATUS_FILE gets a JSON line ``{"count", "first", "last", "first_batch"}`` (wall-clock
-seconds of the first and the latest batch) about every 0.5 s and at once when N events
+STATUS_FILE gets a JSON line ``{"count", "first", "last", "first_batch", "assigned"}``
+(wall-clock seconds of the first and the latest batch, and of the assignment: own consumer only) about every 0.5 s and at once when N events
 have been consumed (``"done": true``). Runs until SIGTERM/SIGINT. Started by
 ``benchmarks/e2e_throughput.py``.
 """
@@ -28,7 +28,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from typing import Any
 
 
@@ -61,10 +61,16 @@ class Status:
 
 
 class NoHooks:
-    """No state to load or drop: the counting ``process`` keeps none."""
+    """No state to load or drop: the counting ``process`` keeps none. Notes when the partitions
+    were assigned (``status.st["assigned"]``): fetching starts there, so a rate from it includes
+    the fetch, where a rate from the first batch may drain what was fetched before it."""
+
+    def __init__(self, status: Status) -> None:
+        self.status = status
 
     def assigned(self, partitions: Collection[int]) -> None:
-        pass
+        if partitions and self.status.st.get("assigned") is None:
+            self.status.st["assigned"] = time.time()
 
     def revoked(self, partitions: Collection[int], lost: bool) -> None:
         pass
@@ -74,10 +80,12 @@ def own(settings: Any, group: str, status: Status) -> int:
     """The worker's ``EventConsumer`` on this thread, counting, until SIGTERM/SIGINT."""
     from streams.worker.consumer import EventConsumer
 
-    def count(messages: list[Any]) -> None:
+    def count(messages: list[Any], meanwhile: Callable[[], None]) -> Callable[[], None]:
+        meanwhile()  # the previous batch settles (its offsets committed), as in the worker
         status.batch(len(messages))
+        return lambda: None
 
-    consumer = EventConsumer(settings, count, NoHooks(), None, group=group)
+    consumer = EventConsumer(settings, count, NoHooks(status), None, group=group)
 
     def stop(signum: int, frame: object) -> None:
         consumer.stop()

@@ -9,8 +9,8 @@ thread's BLAS/OpenMP limit), then runs the events through it in micro-batches of
 decoding: each event applied to its user's ``UserHistory`` with a (partition, offset)
 position (``apply``), then ``WorkerModel.plan`` (the touched users' lists) and
 ``WorkerModel.learn`` (the batch learned) for the batch, all in one thread. Writes
-``{"ev_s", "seconds", "events", "batches"}`` (events/s over all the batches, model
-loading not counted) to OUT_JSON. Started by ``benchmarks/e2e_throughput.py``: a worker
+``{"ev_s", "seconds", "cpu_us_per_event", "events", "batches", "lists"}`` (events/s over all
+the batches and the process's CPU time per event, model loading not counted) to OUT_JSON. Started by ``benchmarks/e2e_throughput.py``: a worker
 can drain no faster than this, whatever its stream does.
 """
 
@@ -41,7 +41,8 @@ def main(argv: list[str]) -> int:
         events = [event_from_json(line) for line in f if line.strip()]
     histories: dict[str, UserHistory] = {}
     n = settings.batch_size
-    t0 = time.perf_counter()
+    lists = 0
+    t0, c0 = time.perf_counter(), time.process_time()
     for start in range(0, len(events), n):
         batch = events[start:start + n]
         touched: dict[str, UserHistory] = {}
@@ -53,11 +54,13 @@ def main(argv: list[str]) -> int:
                 applied.append(ev)
         if touched:
             served, plan, wire = model.plan(applied, touched)
+            lists += len(plan.lists)
             for record in wire:  # what every worker applies when it reads the record back
                 served.learn(decode_delta(record))
-    seconds = time.perf_counter() - t0
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
     Path(out_path).write_text(json.dumps({"ev_s": round(len(events) / seconds, 1), "seconds": round(seconds, 2),
-                                          "events": len(events), "batches": -(-len(events) // n)}))
+                                          "cpu_us_per_event": round(1e6 * cpu / len(events), 1),
+                                          "events": len(events), "batches": -(-len(events) // n), "lists": lists}))
     model.executor.shutdown(wait=False)
     return 0
 

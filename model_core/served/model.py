@@ -49,6 +49,7 @@ Recommendation = list[tuple[str, float]]
 
 _NEW_ITEM_USERS = 50  # users remembered per folded-in new item
 _SMALL_BATCH = 8  # up to this many users, fold-in inputs are built with plain loops
+_TRAIN_BATCH_EVENTS = 256  # the ranker trains on up to train_per_batch examples per this many events
 
 
 @dataclass
@@ -261,9 +262,9 @@ class ServedModel:
     def _ranker_examples(self, by_user: Mapping[str, list[Event]],
                          histories: Mapping[str, UserHistory]) -> tuple[list[UserHistory], list[str]]:
         """(the history before, the item chosen) for each user whose last event of the batch
-        labels the list due before it (at most ``train_per_batch``)."""
-        pseudo: list[UserHistory] = []
-        targets: list[str] = []
+        labels the list due before it: at most ``train_per_batch`` per started 256 events (a
+        backlog's larger batches train the ranker as often per event as batches of 256)."""
+        chosen: list[tuple[str, Event]] = []
         weights = self.model.config.weights
         for user, evs in by_user.items():
             h = histories.get(user)
@@ -273,17 +274,18 @@ class ServedModel:
             w, t = h.entries[ev.item_id]
             if t != ev.time or abs(w - weights.of(ev)) > 1e-9 * max(1.0, w):
                 continue  # not the item's first event for this user: nothing new to predict
+            chosen.append((user, ev))
+        n_events = sum(len(evs) for evs in by_user.values())
+        cap = self.signals.config.train_per_batch * max(1, -(-n_events // _TRAIN_BATCH_EVENTS))
+        if len(chosen) > cap:
+            chosen = [chosen[i] for i in self._rng.choice(len(chosen), cap, replace=False)]
+        pseudo: list[UserHistory] = []
+        for user, ev in chosen:
+            h = histories[user]
             entries = {i: e for i, e in h.entries.items() if i != ev.item_id}
-            before = UserHistory(user, entries, [p for p in h.purchased if p != ev.item_id],
-                                 last_event_time=max(e[1] for e in entries.values()))
-            pseudo.append(before)
-            targets.append(ev.item_id)
-        cap = self.signals.config.train_per_batch
-        if len(pseudo) > cap:
-            pick = self._rng.choice(len(pseudo), cap, replace=False)
-            pseudo = [pseudo[i] for i in pick]
-            targets = [targets[i] for i in pick]
-        return pseudo, targets
+            pseudo.append(UserHistory(user, entries, [p for p in h.purchased if p != ev.item_id],
+                                      last_event_time=max(e[1] for e in entries.values())))
+        return pseudo, [ev.item_id for _, ev in chosen]
 
     def _new_item_contributions(self, events: Sequence[Event], histories: Mapping[str, UserHistory]
                                 ) -> tuple[list[tuple[str, str, float]], np.ndarray]:

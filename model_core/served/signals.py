@@ -78,7 +78,7 @@ class SignalsConfig:
     replay: int = 0  # earlier lists re-learned per new list (0 = none)
     replay_lists: int = 4096  # lists kept for replay
     rms_decay: float = 1.0  # 1.0 = Adagrad; below 1, RMSprop (a step size that does not vanish)
-    train_per_batch: int = 16  # most events a batch trains the ranker on
+    train_per_batch: int = 16  # most events a batch trains the ranker on, per started 256 events
 
 
 # Prior weights: a sensible list before the ranker has seen any event.
@@ -110,13 +110,23 @@ class _ItemGraph:
             self.dirty = np.concatenate([self.dirty, np.zeros(new - cap, dtype=bool)])
 
     def add(self, a: int, b: int, w: float) -> None:
-        e = self.edges[a]
-        e[b] = e.get(b, 0.0) + w
-        if len(e) > self.max_edges:
-            keep = sorted(e.items(), key=lambda kv: kv[1], reverse=True)[: self.max_edges // 2]
-            e.clear()
-            e.update(keep)
-        self.dirty[a] = True
+        self.add_many([(a, b, w)])
+
+    def add_many(self, edges: Iterable[tuple[int, int, float]]) -> None:
+        """Add each weight to its edge (a, b), in order; the rows ``a`` are refreshed on next use."""
+        rows = self.edges
+        cap = self.max_edges
+        touched = set()
+        for a, b, w in edges:
+            e = rows[a]
+            e[b] = e.get(b, 0.0) + w
+            if len(e) > cap:
+                keep = sorted(e.items(), key=lambda kv: kv[1], reverse=True)[: cap // 2]
+                e.clear()
+                e.update(keep)
+            touched.add(a)
+        if touched:
+            self.dirty[np.fromiter(touched, np.int64, len(touched))] = True
 
     def _refresh(self, need: np.ndarray) -> None:
         """Recompute the top-M table of the rows ``need``: rows with at most M edges in one
@@ -221,15 +231,13 @@ class _SessionStore:
         self.items[slot, :n] = items[:n]
         self.last_time[slot] = max(self.last_time[slot], time)
         g = self.gen[slot]
-        for r in new_items:
-            ps = self.post_slot[r]
-            hit = np.flatnonzero(ps == slot)  # rarely any: then is it this generation's?
-            if len(hit) and (self.post_gen[r, hit] == g).any():
-                continue
-            j = self.post_next[r]
-            ps[j] = slot
-            self.post_gen[r, j] = g
-            self.post_next[r] = (j + 1) % self.p
+        rows = np.fromiter(dict.fromkeys(new_items), np.int64)  # each once, in order
+        # not already posted by this session (this slot, this generation)
+        rows = rows[~((self.post_slot[rows] == slot) & (self.post_gen[rows] == g)).any(axis=1)]
+        j = self.post_next[rows]
+        self.post_slot[rows, j] = slot
+        self.post_gen[rows, j] = g
+        self.post_next[rows] = (j + 1) % self.p
 
     def scores(
         self, query: np.ndarray, own: np.ndarray, neighbours: int
@@ -452,22 +460,26 @@ class StreamSignals:
         """Item graphs and sessions from each (session key, previous items [(item, time)] oldest
         first, new events [(item, weight, time)])."""
         c = self.config
+        steps, gap_s, window = c.sr_steps, c.session_gap_s, c.covisit_window
+        sr: list[tuple[int, int, float]] = []  # edges in the order they are learned
+        covisit: list[tuple[int, int, float]] = []
+        row = self.row
         for key, prev, new in sequences:
             if not new:
                 continue
-            seq = [(self.row(a), t) for a, t in prev]
+            seq = [(row(a), t) for a, t in prev]
             for item, w, time in new:
-                b = self.row(item)
+                b = row(item)
                 gap = 0
-                for a, t in reversed(seq[-c.sr_steps :]):
+                for a, t in reversed(seq[-steps:]):
                     gap += 1
                     if a == b:
                         continue
-                    if abs(time - t) <= c.session_gap_s:
-                        self.sr.add(a, b, w / gap)
-                    if gap <= c.covisit_window:
-                        self.covisit.add(a, b, w)
-                        self.covisit.add(b, a, w)
+                    if abs(time - t) <= gap_s:
+                        sr.append((a, b, w / gap))
+                    if gap <= window:
+                        covisit.append((a, b, w))
+                        covisit.append((b, a, w))
                 seq = [(a, t) for a, t in seq if a != b]
                 seq.append((b, time))
             slot = self.sessions.slot_of(key, new[0][2], c.session_gap_s)
@@ -479,6 +491,8 @@ class StreamSignals:
                 chain.append(a)
                 newest = t
             self.sessions.put(slot, chain, max(t for _, _, t in new), (self.rows[i] for i, _, _ in new))
+        self.sr.add_many(sr)
+        self.covisit.add_many(covisit)
 
     # -- trending fallback --------------------------------------------------------
 

@@ -251,8 +251,23 @@ def _seed_history(settings: Settings, events: list[Event]) -> None:
         c.close()
 
 
+RETRAIN_NICE = 10
+"""The demo's retrain runs in a process of its own at this niceness: on a small machine the
+training and the gate's replay must not take the worker's cores (the lists' freshness)."""
+
+
 def _retrain(settings: Settings, models: Path) -> dict[str, Any]:
-    """One round of `freshrec train --from-topic` (the gate included), as the trainer runs it."""
+    """One round of `freshrec train --from-topic` (the gate included), as the trainer runs it, in
+    a lower-priority process of its own (a trainer is a process of its own in a deployment too)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), initializer=os.nice,
+                             initargs=(RETRAIN_NICE,)) as pool:
+        return pool.submit(_train_round, settings, models).result()
+
+
+def _train_round(settings: Settings, models: Path) -> dict[str, Any]:
     from streams.cli.trainer import TrainOptions, train_from_topic
 
     return train_from_topic(settings, ALSConfig(), models, TrainOptions(holdout=600, warmup=2000, keep=0))

@@ -59,7 +59,7 @@ class Worker:
         self.store = UserStateStore(settings)
         self.out = Publisher(settings)
         self.batches = BatchProcessor(settings, self.model, self.store, self.out, self.health)
-        self.consumer = EventConsumer(settings, self.batches.process, self, self.metrics)
+        self.consumer = EventConsumer(settings, self.batches.begin, self, self.metrics)
         self.itemside = ItemSide(settings, self.model, self.metrics, snapshot_dir(settings, Path(model_root)),
                                  owns_snapshots=lambda: 0 in self.health.assigned)
         self.catalog: CatalogListener | None = None

@@ -49,6 +49,7 @@ from streams.codec import (
     encode_recommendation,
 )
 from streams.settings import Settings
+from streams.worker.consumer import Settle
 from streams.worker.health import Health
 from streams.worker.livequality import PublishedLists
 from streams.worker.metrics import Metrics
@@ -66,6 +67,7 @@ EXIT_FATAL = 70  # the worker stopped itself on an error it cannot contain (rest
 log = logging.getLogger("freshrec.worker")
 
 T = TypeVar("T")
+
 
 
 def fatal(reason: str) -> NoReturn:
@@ -131,7 +133,21 @@ class BatchProcessor:
         self.published = PublishedLists(settings.live_quality_users)  # live quality's last list per user
 
     def process(self, messages: list[Any]) -> Callable[[], None] | None:
-        """One batch; returns what to do once its offsets are committed (synchronously), if anything."""
+        """One batch, its output on the broker; returns what to do once its offsets are committed
+        (synchronously), if anything."""
+        return self.begin(messages)()
+
+    def begin(self, messages: list[Any], while_computing: Callable[[], None] | None = None) -> Settle:
+        """One batch up to its output queued; returns its ``settle``, which waits until the output is
+        on the broker (retried; still failing stops the worker) and returns what to do once the
+        batch's offsets are committed, if anything.
+
+        ``while_computing`` runs on this thread while the compute thread makes the batch's lists:
+        the consumer settles the previous batch there, so that batch's flush overlaps this one's
+        compute. The batch is applied to the state store before ``settle`` returns (the next batch
+        reads it); if its output then fails to reach the broker the worker stops, and the batch
+        is read again after the restart.
+        """
         self.metrics.inc("events_in", len(messages))
         self.metrics.batch(len(messages))
         valid, dead = self.decode(messages)
@@ -141,15 +157,24 @@ class BatchProcessor:
             work.deltas += self._on_compute(self.model.forget, list(work.erased))
         if work.touched:
             try:
-                rec, plan = self.compute(work)
+                rec, plan = self.compute(work, while_computing)
             except BatchFailedError as exc:
                 self.dead_letter(valid, dead, work, exc)
-                return self._after_erase(work)
+                after = self._after_erase(work)
+                return lambda: after
+        elif while_computing is not None:
+            while_computing()
         assert rec is not None
-        self.publish(work, rec, plan.lists if plan else [], dead, plan.sources if plan else None)
+        flush = self.publish(work, rec, plan.lists if plan else [], dead, plan.sources if plan else None, wait=False)
         self.account(work, rec)
         self.health.progress()
-        return self._after_erase(work)
+        after = self._after_erase(work)
+
+        def settle() -> Callable[[], None] | None:
+            flush()
+            return after
+
+        return settle
 
     # -- the steps --------------------------------------------------------------------------------
 
@@ -201,27 +226,42 @@ class BatchProcessor:
                 self.metrics.inc("events_duplicate")
         return work.seal()
 
-    def compute(self, work: Applied) -> tuple[ServedModel, Step]:
+    def compute(self, work: Applied, meanwhile: Callable[[], None] | None = None) -> tuple[ServedModel, Step]:
         """The touched users' lists and the batch's delta records on the compute thread (retried;
-        learns nothing)."""
-        started = time.perf_counter()
-        rec, plan, wire = self._retried("compute", lambda: self._on_compute(self.model.plan, work.events,
-                                                                             work.touched))
-        self.metrics.stage("compute", time.perf_counter() - started)
+        learns nothing). ``meanwhile`` runs on this thread while the first attempt computes."""
+
+        def timed() -> tuple[tuple[ServedModel, Step, list[bytes]], float]:
+            started = time.perf_counter()
+            return self.model.plan(work.events, work.touched), time.perf_counter() - started
+
+        first = [self.model.executor.submit(timed)]
+        if meanwhile is not None:
+            meanwhile()
+
+        def attempt() -> tuple[tuple[ServedModel, Step, list[bytes]], float]:
+            return first.pop().result() if first else self._on_compute(timed)
+
+        (rec, plan, wire), seconds = self._retried("compute", attempt)
+        self.metrics.stage("compute", seconds)
         work.lists = plan.lists  # what ``account`` remembers as published (live quality)
         work.deltas += wire
         return rec, plan
 
     def publish(self, work: Applied, rec: ServedModel, lists: list[list[tuple[str, float]]],
-                dead: list[tuple[Any, str]], sources: list[list[tuple[str, ...]]] | None = None) -> None:
-        """Lists, state and dead letters, flushed (retried; still failing stops the worker)."""
+                dead: list[tuple[Any, str]], sources: list[list[tuple[str, ...]]] | None = None, *,
+                wait: bool = True) -> Callable[[], None]:
+        """Lists, state and dead letters, flushed (retried; still failing stops the worker).
+
+        With ``wait=False`` they are only queued, and the flush is the returned step (a failed
+        flush queues them all again, as a retry does); else the step has nothing left to do.
+        """
         if not (work.touched or work.erased or dead or work.deltas):
-            return
+            return lambda: None
         s, out, store = self.settings, self.out, self.store
         now = time.time()
         started = time.perf_counter()
 
-        def send() -> None:
+        def queue() -> None:
             self.to_dlq(dead)
             # erasures first: a user erased and then active again in this batch ends with the new state
             for user, (p, _) in work.erased.items():
@@ -236,15 +276,42 @@ class BatchProcessor:
                 out.produce(s.state_topic, user.encode(), value, p, store.headers(p))
             for delta in work.deltas:
                 out.produce(s.deltas_topic, None, delta, 0)
+
+        def send() -> None:
+            queue()
             out.flush()  # state, lists and dead letters are on the broker before the events are committed
 
-        try:
-            self._retried("publish", send)
-        except BatchFailedError as exc:
-            raise BatchFailedError(f"{exc}: stopping, part of the batch may be out; it is read again after "
-                                   "the restart and its effect applied once") from exc
-        self.metrics.stage("publish", time.perf_counter() - started)
-        self.metrics.latencies([(now - t) * 1000.0 for t in work.arrivals])
+        queued = [False]
+        if not wait:
+            try:
+                queue()
+                queued[0] = True
+            except Exception as exc:  # noqa: BLE001 - retried (queued again) by the flush step
+                log.warning("publish failed (attempt 1), retrying: %r", exc)
+        queued_s = time.perf_counter() - started
+
+        def flush() -> None:
+            flushed = time.perf_counter()
+            try:
+                if queued[0]:
+                    try:
+                        out.flush()
+                    except Exception as exc:  # noqa: BLE001 - queued and flushed again, as any retry
+                        self.metrics.inc("retries")
+                        log.warning("publish failed (attempt 1), retrying: %r", exc)
+                        self._retried("publish", send)
+                else:
+                    self._retried("publish", send)
+            except BatchFailedError as exc:
+                raise BatchFailedError(f"{exc}: stopping, part of the batch may be out; it is read again after "
+                                       "the restart and its effect applied once") from exc
+            self.metrics.stage("publish", queued_s + time.perf_counter() - flushed)
+            self.metrics.latencies([(now - t) * 1000.0 for t in work.arrivals])
+
+        if wait:
+            flush()
+            return lambda: None
+        return flush
 
     def account(self, work: Applied, rec: ServedModel) -> None:
         """The batch is out: the store takes its state, live quality its lists, and the metrics its counts."""

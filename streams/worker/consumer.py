@@ -2,11 +2,15 @@
 
 Its loop, and nothing else, reads the events topic::
 
-    consume a micro-batch -> process it (decode, apply, compute, publish, flush) -> commit its offsets
+    consume batch N -> decode and apply it, start its compute -> meanwhile: flush batch N-1, commit
+    its offsets -> N's lists ready: queue its output -> consume batch N+1 -> ...
 
-Rebalance callbacks run inside ``consume()``, on this thread, so never in the
-middle of a batch: when one runs, the previous batch has been flushed and
-committed, and the next one has not been taken. There is no read offset to
+One batch is in flight at a time: its output is queued (librdkafka sends it at once)
+but not yet known to be on the broker; its flush waits while the next batch computes,
+and its offsets are committed only after that flush. Rebalance callbacks run inside
+``consume()``, on this thread, and settle the batch in flight first (flush, commit),
+so never in the middle of a batch: when one runs, the previous batch has been
+flushed and committed, and the next one has not been taken. There is no read offset to
 keep, no queue to clear, no generation stamp and no seek:
 
 - ``on_assign``: each newly assigned partition starts exactly at its committed
@@ -44,7 +48,11 @@ from streams.kafka import client_config, is_error
 from streams.settings import Settings
 from streams.worker.metrics import Metrics
 
-__all__ = ["EventConsumer", "OffsetGapError", "PartitionHooks"]
+__all__ = ["EventConsumer", "OffsetGapError", "PartitionHooks", "Settle"]
+
+Settle = Callable[[], Callable[[], None] | None]
+"""A batch's last step: wait until its output is on the broker, then say what to run once its
+offsets are committed (None: nothing)."""
 
 log = logging.getLogger("freshrec.consumer")
 
@@ -66,21 +74,22 @@ class PartitionHooks(Protocol):
 class EventConsumer:
     """Reads the events topic for the worker's consumer group, one batch at a time.
 
-    ``process(messages)`` handles a batch of confluent-kafka messages and returns
-    once its outputs are on the broker; it raises only for a fault that must stop
-    the worker. Only then are the batch's offsets committed: asynchronously, or
-    synchronously when ``process`` returned an action to run once they are (then the
-    action runs). ``run`` is the
-    thread's body; ``stop`` asks it to finish the batch in hand, commit and leave
-    the group.
+    ``begin(messages, meanwhile)`` handles a batch of confluent-kafka messages up to its
+    output queued, calling ``meanwhile()`` (this consumer settling the previous batch)
+    while the batch computes, and returns the batch's ``settle``; it raises only for
+    a fault that must stop the worker. ``settle()`` returns once the output is on the
+    broker; only then are the batch's offsets committed: asynchronously, or
+    synchronously when ``settle`` returned an action to run once they are (then the
+    action runs). ``run`` is the thread's body; ``stop`` asks it to finish the batch
+    in hand, commit and leave the group.
     """
 
-    def __init__(self, settings: Settings, process: Callable[[list[Any]], Callable[[], None] | None],
+    def __init__(self, settings: Settings, begin: Callable[[list[Any], Callable[[], None]], Settle],
                  hooks: PartitionHooks,
                  metrics: Metrics | None = None, *, group: str | None = None) -> None:
         from confluent_kafka import Consumer
 
-        self.settings, self.process, self.hooks = settings, process, hooks
+        self.settings, self.begin, self.hooks = settings, begin, hooks
         self.metrics = metrics
         self.topic = settings.events_topic
         self.cooperative = settings.assignment == "cooperative-sticky"
@@ -99,6 +108,7 @@ class EventConsumer:
         self._next: dict[int, int] = {}  # partition -> offset its next message must have
         self._done: dict[int, int] = {}  # partition -> offset after the last processed message
         self._touched: set[int] = set()  # partitions whose assignment changed during a consume()
+        self._pending: tuple[list[Any], Settle] | None = None  # the batch in flight and its settle
         self._stop = threading.Event()
         self.stopped = threading.Event()
         self.error: BaseException | None = None
@@ -110,6 +120,7 @@ class EventConsumer:
     def _on_assign(self, consumer: Any, partitions: list[Any]) -> None:
         from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
+        self._settle()
         parts = sorted(tp.partition for tp in partitions if tp.topic == self.topic)
         self._touched.update(parts)
         if parts:
@@ -143,6 +154,7 @@ class EventConsumer:
         self._release(consumer, partitions, lost=True)
 
     def _release(self, consumer: Any, partitions: list[Any], lost: bool) -> None:
+        self._settle()  # the batch in flight is flushed and committed first: never across a rebalance
         parts = sorted(tp.partition for tp in partitions if tp.topic == self.topic)
         self._touched.update(parts)
         if parts and not lost:
@@ -234,6 +246,21 @@ class EventConsumer:
                 f"were skipped before this worker saw them (log start {low}); stopping rather than commit past "
                 "them")
 
+    def _settle(self) -> None:
+        """The batch in flight: wait until its output is on the broker, then commit its offsets
+        (and run its after-commit action)."""
+        if self._pending is None:
+            return
+        batch, settle = self._pending
+        self._pending = None
+        after = settle()
+        for m in batch:
+            self._done[m.partition()] = m.offset() + 1
+        if after is None:
+            self._commit(asynchronous=True)
+        elif self._commit(asynchronous=False):
+            after()
+
     def run(self) -> None:
         """The consumer thread: batches until ``stop``; then a last commit and a clean leave."""
         c = self._consumer
@@ -243,15 +270,11 @@ class EventConsumer:
                 batch = self._take()
                 self._note_lag()
                 if not batch:
+                    self._settle()
                     continue
                 self._check_offsets(batch)
-                after = self.process(batch)
-                for m in batch:
-                    self._done[m.partition()] = m.offset() + 1
-                if after is None:
-                    self._commit(asynchronous=True)
-                elif self._commit(asynchronous=False):
-                    after()
+                self._pending = (batch, self.begin(batch, self._settle))
+            self._settle()
             self._commit(asynchronous=False)
         except BaseException as exc:  # noqa: BLE001 - handed to the worker, which stops the process
             self.error = exc

@@ -30,8 +30,11 @@ class Publisher:
     def __init__(self, settings: Settings, flush_timeout_s: float = 30.0) -> None:
         from confluent_kafka import Producer
 
-        # no linger: the batch is flushed right after it is queued, so waiting buys nothing
-        self._producer = Producer(client_config(settings, "producer", **{"linger.ms": 0}))
+        # no linger: the batch is flushed right after it is queued, so waiting buys nothing.
+        # Reports for failed messages only: a report is a Python callback that needs the GIL, and
+        # the flush waits while the compute thread holds it (one wait per message otherwise)
+        self._producer = Producer(client_config(settings, "producer", **{"linger.ms": 0,
+                                                                         "delivery.report.only.error": True}))
         self._timeout = flush_timeout_s
         self._failures: list[str] = []
 
