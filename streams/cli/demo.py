@@ -143,7 +143,10 @@ def run_demo(base: Settings, workdir: Path, synth: SynthConfig, *, train_fractio
                                       stderr=subprocess.STDOUT)
         try:
             deadline = time.time() + 90
-            while "worker ready" not in worker_log.read_text(errors="replace"):
+            # ready, and owning every partition: the group join takes seconds, and events sent
+            # before it would wait for it (the first lists' freshness would be the join's)
+            while not ("worker ready" in (text := worker_log.read_text(errors="replace"))
+                       and text.count(" starts at offset ") >= settings.partitions):
                 if worker.poll() is not None or time.time() > deadline:
                     raise BrokerUnavailableError(f"the worker did not start; see {worker_log}")
                 time.sleep(0.2)
