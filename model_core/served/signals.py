@@ -109,9 +109,6 @@ class _ItemGraph:
             self.top_w = np.concatenate([self.top_w, np.zeros((new - cap, self.m))])
             self.dirty = np.concatenate([self.dirty, np.zeros(new - cap, dtype=bool)])
 
-    def add(self, a: int, b: int, w: float) -> None:
-        self.add_many([(a, b, w)])
-
     def add_many(self, edges: Iterable[tuple[int, int, float]]) -> None:
         """Add each weight to its edge (a, b), in order; the rows ``a`` are refreshed on next use."""
         rows = self.edges

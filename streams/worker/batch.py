@@ -69,7 +69,6 @@ log = logging.getLogger("freshrec.worker")
 T = TypeVar("T")
 
 
-
 def fatal(reason: str) -> NoReturn:
     """End the process with EXIT_FATAL: the orchestrator restarts it, and no event is lost
     (nothing unapplied was committed). Never leave a live process that consumes nothing."""
@@ -281,27 +280,24 @@ class BatchProcessor:
             queue()
             out.flush()  # state, lists and dead letters are on the broker before the events are committed
 
-        queued = [False]
+        attempts: list[Callable[[], None]] = []  # the first attempt, when it is not ``send``
         if not wait:
             try:
                 queue()
-                queued[0] = True
-            except Exception as exc:  # noqa: BLE001 - retried (queued again) by the flush step
-                log.warning("publish failed (attempt 1), retrying: %r", exc)
+                attempts.append(out.flush)
+            except Exception as exc:  # noqa: BLE001 - the flush step's first attempt, retried there
+                failed = exc
+
+                def fail() -> None:
+                    raise failed
+
+                attempts.append(fail)
         queued_s = time.perf_counter() - started
 
         def flush() -> None:
             flushed = time.perf_counter()
             try:
-                if queued[0]:
-                    try:
-                        out.flush()
-                    except Exception as exc:  # noqa: BLE001 - queued and flushed again, as any retry
-                        self.metrics.inc("retries")
-                        log.warning("publish failed (attempt 1), retrying: %r", exc)
-                        self._retried("publish", send)
-                else:
-                    self._retried("publish", send)
+                self._retried("publish", lambda: (attempts.pop() if attempts else send)())
             except BatchFailedError as exc:
                 raise BatchFailedError(f"{exc}: stopping, part of the batch may be out; it is read again after "
                                        "the restart and its effect applied once") from exc
