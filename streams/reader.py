@@ -93,7 +93,8 @@ class TopicReader:
     ``timeout_s``: a bounded read (not ``follow``) that has not finished by then raises
     BrokerUnavailableError; None: no bound. ``stall_s``: so does one that receives nothing
     for this long. ``batch``: most records per batch; ``poll_s``: how long one poll waits.
-    ``name`` appears in the throwaway group id and in log lines. The constructor connects,
+    ``name`` appears in the throwaway group id and in log lines. ``fetch_wait_ms``: the
+    consumer's ``fetch.wait.max.ms`` (default: the profile's). The constructor connects,
     (writes the markers,) and assigns; BrokerUnavailableError when the broker does not
     answer within ``connect_timeout_s`` or the topic does not exist.
     """
@@ -115,6 +116,7 @@ class TopicReader:
         poll_s: float = 0.2,
         name: str = "reader",
         eof: bool = False,
+        fetch_wait_ms: int | None = None,
     ) -> None:
         if until not in ("follow", "drain", "marker", "end"):
             raise ConfigError(f"until={until!r} is not one of follow, drain, marker, end")
@@ -154,6 +156,7 @@ class TopicReader:
         self._closed = False
         self._assigned = group is None
         self.eof = eof
+        self.fetch_wait_ms = fetch_wait_ms
         self.at_end: dict[int, bool] = {}
         """``eof=True``: partition -> whether it reported its end since its last record."""
         self.done = False
@@ -166,6 +169,8 @@ class TopicReader:
         from confluent_kafka import Consumer, KafkaException
 
         extra: dict[str, Any] = {"enable.partition.eof": self.eof}
+        if self.fetch_wait_ms is not None:
+            extra["fetch.wait.max.ms"] = self.fetch_wait_ms
         if self.group is None:
             extra.update({"group.id": f"freshrec-{self.name.replace(' ', '-')}-{uuid.uuid4().hex[:12]}",
                           "enable.auto.commit": False})

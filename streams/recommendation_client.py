@@ -54,7 +54,8 @@ class RecommendationClient:
     too) goes to ``handler(record)``.
     ``on_tombstone(user_id)`` is called for each tombstone (erased user).
     ``track_end=True`` asks for end-of-partition events: :attr:`caught_up` says whether
-    every partition read from the beginning has reached its end.
+    every partition read from the beginning has reached its end. ``fetch_wait_ms`` sets
+    every reader's ``fetch.wait.max.ms`` (default: the profile's).
 
     Every topic is read through a ``streams.reader.TopicReader`` (following, from where asked).
     """
@@ -72,6 +73,7 @@ class RecommendationClient:
         extra: Mapping[str, tuple[Literal["beginning", "end"], Callable[[Record], None]]] | None = None,
         on_tombstone: Callable[[str], None] | None = None,
         track_end: bool = False,
+        fetch_wait_ms: int | None = None,
     ) -> None:
         if group is not None and (partitions is not None or extra):
             raise ConfigError("partitions and extra topics need group=None (manual assignment)")
@@ -98,7 +100,7 @@ class RecommendationClient:
         def reader(topic: str, start: Literal["beginning", "end"], **kw: Any) -> TopicReader:
             return TopicReader(settings, topic, start=start, until="follow", connect_timeout_s=connect_timeout,
                                poll_s=0.0, name="recommendation-client", eof=track_end and start == "beginning",
-                               **kw)
+                               fetch_wait_ms=fetch_wait_ms, **kw)
 
         self._main = reader(self.topic, "beginning" if from_beginning else "end", partitions=partitions,
                             group=group)

@@ -30,6 +30,7 @@ from model_core.config import ALSConfig
 from model_core.events import Event, event_to_json
 from streams.broker import EmbeddedBroker, free_port
 from streams.errors import BrokerUnavailableError, ConfigError
+from streams.heap import freeze_long_lived
 from streams.kafka import client_config, ensure_topics, produce
 from streams.recommendation_client import RecommendationClient
 from streams.settings import Settings
@@ -327,6 +328,7 @@ def _stream(settings: Settings, replay_logs: tuple[Path, Path], rate: float, wor
             failure.append(exc)
 
     client = RecommendationClient(settings)
+    freeze_long_lived("the demo's setup")  # this process is the subscriber that measures freshness
     started = time.time()
     trainer = threading.Thread(target=retrain, name="demo-retrain", daemon=True)
     producer = threading.Thread(target=produce, name="demo-replay", daemon=True)

@@ -13,7 +13,6 @@ every list) and scores in an ``array('d')`` (docs/operations.md has the measured
 
 from __future__ import annotations
 
-import gc
 import logging
 import sys
 import threading
@@ -27,6 +26,7 @@ from typing import Any, NamedTuple
 import orjson
 
 from streams.codec import Recommendation
+from streams.heap import freeze_long_lived
 from streams.recommendation_client import RecommendationClient
 from streams.settings import Settings
 
@@ -38,6 +38,10 @@ SERIES_SECONDS = 600
 """The dashboard's per-second series reach back this far (10 minutes)."""
 FRESH_SAMPLES_PER_S = 256
 """At most this many freshness samples kept per second (the first ones of that second)."""
+EMBEDDED_READ_WAIT_MS = 100
+"""Fetch wait of serve's readers on the embedded broker (the worker's stay at 20 ms): each fetch
+there walks every batch stored in the partition, and serve follows five topics, the events
+topic among them; at 20 ms its fetches took broker CPU from the worker's path (docs/broker.md)."""
 
 
 class Entry(NamedTuple):
@@ -320,7 +324,8 @@ class StoreReader(threading.Thread):
         # BrokerUnavailableError / ConfigError here, in the caller's thread
         self.client = RecommendationClient(s, keep=False, partitions=s.serve_partition_ids, extra=extra,
                                            on_tombstone=store.erase, track_end=True,
-                                           connect_timeout=connect_timeout)
+                                           connect_timeout=connect_timeout,
+                                           fetch_wait_ms=EMBEDDED_READ_WAIT_MS if s.profile == "embedded" else None)
 
     def _dead_letter(self, msg: Any) -> None:
         self.store.dlq_messages += 1
@@ -338,8 +343,7 @@ class StoreReader(threading.Thread):
                 if store.ready_at is None and client.caught_up and (
                         client.last_message_at is None or now - client.last_message_at >= quiet):
                     store.ready_at = time.time()
-                    gc.collect()  # what was read at start: collected once, then left out of full collections
-                    gc.freeze()
+                    freeze_long_lived("reading the topics")  # what was read at start
                     log.info("serve ready: %d lists held (%d read), %d erased, %d unavailable items",
                              len(store.lists), store.received, len(store.erased), len(store.unavailable))
                 if now >= next_lag:

@@ -31,6 +31,7 @@ import faust
 from model_core.config import FoldInConfig
 from streams.codec import encode_trending
 from streams.errors import BrokerUnavailableError
+from streams.heap import freeze_long_lived
 from streams.kafka import client_config, ensure_topics, produce
 from streams.settings import Settings
 from streams.worker.batch import EXIT_FATAL, BatchProcessor, fatal
@@ -71,6 +72,7 @@ class Worker:
     def assigned(self, partitions: Collection[int]) -> None:
         self.health.assigned = self.health.assigned | set(partitions)
         self.store.recover(self.health.assigned)
+        freeze_long_lived(f"recovering partitions {sorted(partitions)}")
 
     def revoked(self, partitions: Collection[int], lost: bool) -> None:
         self.health.assigned = self.health.assigned - set(partitions)
@@ -109,6 +111,8 @@ class Worker:
             self.consumer.stopped.set()
             return
         self.itemside.start()
+        self.model.executor.submit(self.model.warm_up).result()
+        freeze_long_lived("start")
         self.health.consuming = True
         try:
             self.consumer.run()

@@ -49,6 +49,11 @@ class WorkerModel:
         log.info("serving model %s (%d items, k=%d) on %s from %s", model.version, len(model.item_ids),
                  model.config.factors, self.rec.device, latest_model_dir(self.model_root))
 
+    def warm_up(self) -> None:
+        """The served model's one-time costs, paid before the first batch (compute thread)."""
+        assert self.rec is not None
+        self.rec.warm_up(self.settings.k)
+
     def _check_serving(self, model: ALSModel) -> None:
         serving = {"foldin": self.foldin.to_dict(), "index": self.settings.index}
         trained = model.metadata.get("serving")
@@ -85,6 +90,7 @@ class WorkerModel:
         model = ALSModel.load(path)
         self._check_serving(model)
         fresh = old.successor(model, device=self.settings.device)  # what the stream taught carries over
+        fresh.warm_up(self.settings.k)
         self.rec = fresh
         self._note_versions()
         return old, fresh

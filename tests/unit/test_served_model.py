@@ -92,6 +92,16 @@ def test_new_item_is_folded_in_and_recommended_before_a_retrain(model: ALSModel)
     assert "a_new" not in ids(lst)
 
 
+def test_warm_up_keeps_nothing(model: ALSModel) -> None:
+    warm, cold = ServedModel(model, device="cpu"), ServedModel(model, device="cpu")
+    warm.warm_up(K)
+    assert len(warm.signals.ids) == len(cold.signals.ids) == 0 and warm.index_version == cold.index_version
+    hs = [history("u", ["a0", "b1"]), history("v", ["b3"])]
+    assert warm.recommend(hs, k=K) == cold.recommend(hs, k=K)
+    ServedModel(ALSModel(ALSConfig(factors=4), [], np.zeros((0, 4), np.float32), [], np.zeros((0, 4), np.float32)),
+                device="cpu").warm_up(K)  # no items: nothing to warm
+
+
 def test_embeddings_batch_equals_single(model: ALSModel) -> None:
     rec = ServedModel(model, device="cpu")
     hs = [history("u", ["a0", "b1", "a2"]), history("v", ["b0"]), UserHistory("cold")]
