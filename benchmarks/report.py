@@ -200,7 +200,21 @@ def serve() -> str:
     ])
 
 
-SECTIONS = {"quality": quality, "served_path": served_path, "shared_item_side": shared_item_side, "warm_start": warm_start, "speed": speed, "e2e": e2e, "serve": serve}
+def demo() -> str:
+    """Rows: demo_freshness.json (the current code), then demo_freshness_*.json (earlier commits)."""
+    paths = [RESULTS / "demo_freshness.json", *sorted(RESULTS.glob("demo_freshness_*.json"))]
+    rows = ["| commit | runs | freshness p50, ms | freshness p99, ms | runs with p99 ≤ 100 ms |", "|---|---|---|---|---|"]
+    for path in paths:
+        if not path.exists():
+            continue
+        r = json.loads(path.read_text())
+        p50 = [run["freshness_ms"]["p50"] for run in r["runs"]]
+        rows.append(f"| {r['commit']} | {len(r['runs'])} | {', '.join(map(str, p50))} | "
+                    f"{', '.join(map(str, r['p99_ms']))} | {r['runs_at_or_under_100_ms']} of {len(r['runs'])} |")
+    return "\n".join(rows) if len(rows) > 2 else ""
+
+
+SECTIONS = {"quality": quality, "served_path": served_path, "shared_item_side": shared_item_side, "warm_start": warm_start, "speed": speed, "e2e": e2e, "serve": serve, "demo": demo}
 
 
 def render(doc: str) -> str:
