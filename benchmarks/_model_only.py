@@ -35,6 +35,7 @@ def main(argv: list[str]) -> int:
     _limit_compute_threads(settings.compute_threads)
     model = WorkerModel(settings, Path(settings.model_dir), settings.foldin)
     model.load_initial()
+    own = getattr(model, "own_delta", None)  # its own records from memory (since this stop's commit)
     rec = model.rec
     assert rec is not None
     with open(events_path) as f:
@@ -55,8 +56,8 @@ def main(argv: list[str]) -> int:
         if touched:
             served, plan, wire = model.plan(applied, touched)
             lists += len(plan.lists)
-            for record in wire:  # what every worker applies when it reads the record back
-                served.learn(decode_delta(record))
+            for record in wire:  # what the worker applies when it reads its record back
+                served.learn((own(record) if own else None) or decode_delta(record))
     seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
     Path(out_path).write_text(json.dumps({"ev_s": round(len(events) / seconds, 1), "seconds": round(seconds, 2),
                                           "cpu_us_per_event": round(1e6 * cpu / len(events), 1),

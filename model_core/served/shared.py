@@ -22,7 +22,8 @@ What a delta carries:
   (an erase).
 
 ``encode_delta`` / ``decode_delta`` are the wire form (zlib-compressed JSON, the
-arrays as little-endian bytes); ``snapshot`` / ``restore`` save and load a whole
+arrays as little-endian bytes); ``as_decoded`` is what ``decode_delta`` would give, for the
+worker that made the delta and reads its own record back; ``snapshot`` / ``restore`` save and load a whole
 item side with the log position it covers.
 """
 
@@ -46,7 +47,7 @@ from model_core.served.signals import FEATURES, Examples, Sequence_, StreamSigna
 if TYPE_CHECKING:
     from model_core.served.model import ServedModel
 
-__all__ = ["ItemDelta", "decode_delta", "encode_delta", "encode_parts", "pack", "restore", "snapshot",
+__all__ = ["ItemDelta", "as_decoded", "decode_delta", "encode_delta", "encode_parts", "pack", "restore", "snapshot",
            "snapshot_arrays", "user_key"]
 
 _FORMAT = 1
@@ -103,6 +104,20 @@ def encode_delta(d: ItemDelta) -> bytes:
         doc["ex"] = [ex.lists, int(ex.x.shape[1]), _b64(ex.list_of, "<i4"), _b64(ex.positive, "u1"),
                      _b64(ex.x, "<f4")]
     return zlib.compress(orjson.dumps(doc), 1)
+
+
+def as_decoded(d: ItemDelta) -> ItemDelta:
+    """``decode_delta(encode_delta(d))`` without the wire, for the worker that made ``d`` and
+    reads its record back: the ranker's features rounded to float32 as the wire carries them,
+    and the arrays in the types ``decode_delta`` gives (``test_shared.py`` checks that a replica
+    learning this one and a replica learning the record hold the same item side)."""
+    ex = d.examples
+    if ex is not None:
+        ex = Examples(ex.list_of.astype(np.int64), ex.x.astype(np.float32).astype(np.float64),
+                      ex.positive.astype(bool), ex.lists) if ex.lists else None
+    vectors = np.asarray(d.new_vectors, np.float32).reshape(len(d.new_items), -1) if d.new_items \
+        else np.zeros((0, 0), np.float32)
+    return ItemDelta(d.items, d.sequences, d.new_items, vectors, ex, d.forget)
 
 
 def decode_delta(data: bytes) -> ItemDelta:

@@ -119,8 +119,8 @@ class ItemSide(threading.Thread):
                             "(FRESHREC_DELTAS_RETENTION_S; snapshots every FRESHREC_SNAPSHOT_EVERY_S)",
                             self.position, r.offset - 1)
             self.position = r.offset + 1
-            try:
-                delta = decode_delta(r.value or b"")
+            try:  # this worker's own records are learned from memory: the same delta, no decoding
+                delta = self.model.own_delta(r.value or b"") or decode_delta(r.value or b"")
             except BadInputError as exc:
                 self.metrics.inc("deltas_bad")
                 log.warning("item side: skipped deltas record %d: %s", r.offset, exc)

@@ -19,7 +19,7 @@ from model_core.errors import ModelIncompatibleError
 from model_core.events import Event
 from model_core.index import IndexConfig
 from model_core.served.model import ServedModel, Step
-from model_core.served.shared import encode_parts
+from model_core.served.shared import ItemDelta, as_decoded, encode_parts
 from model_core.state import UserHistory
 from streams.kafka import DELTA_MAX_BYTES
 from streams.settings import Settings
@@ -28,6 +28,8 @@ from streams.worker.metrics import Metrics
 __all__ = ["WorkerModel"]
 
 log = logging.getLogger("freshrec.worker")
+
+_OWN_KEPT = 256  # own deltas records remembered until read back (a few seconds of batches)
 
 
 @dataclass
@@ -41,6 +43,9 @@ class WorkerModel:
     rec: ServedModel | None = None
     bad_versions: set[str] = field(default_factory=set)
     executor: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(1, "freshrec-compute"))
+    own: dict[bytes, ItemDelta] = field(default_factory=dict)
+    """Deltas records this worker wrote and has not read back yet, as ``decode_delta`` gives them
+    (compute thread): learned from memory when they come back, not decoded again."""
 
     def load_initial(self) -> None:
         model = ALSModel.load(self.model_root)
@@ -106,7 +111,16 @@ class WorkerModel:
         rec = self.rec
         assert rec is not None
         plan = rec.plan_step(events, histories, self.settings.k)
-        return rec, plan, encode_parts(plan.delta, DELTA_MAX_BYTES) if plan.delta else []
+        wire = encode_parts(plan.delta, DELTA_MAX_BYTES) if plan.delta else []
+        if len(wire) == 1:  # a split delta (rare) is decoded like anyone else's
+            self.own[wire[0]] = as_decoded(plan.delta)
+            while len(self.own) > _OWN_KEPT:  # records of failed batches never come back
+                del self.own[next(iter(self.own))]
+        return rec, plan, wire
+
+    def own_delta(self, value: bytes) -> ItemDelta | None:
+        """The delta of a record this worker wrote (taken out of ``own``), or None (compute thread)."""
+        return self.own.pop(value, None)
 
     def trending(self, n: int) -> tuple[str, list[tuple[str, float]]]:
         """(model version, the n most trending available items) (compute thread)."""

@@ -15,10 +15,12 @@ from model_core.offline.fleet import Deployment, ServedFleet
 from model_core.served.model import ServedModel
 from model_core.served.shared import (
     ItemDelta,
+    as_decoded,
     decode_delta,
     encode_delta,
     restore,
     snapshot,
+    snapshot_arrays,
     user_key,
 )
 from model_core.served.signals import FEATURES, Examples, SignalsConfig
@@ -88,6 +90,33 @@ def test_replicas_that_apply_the_same_deltas_serve_the_same_lists(model: ALSMode
             {i: getattr(b, stat)[r] for i, r in b.rows.items()}
     assert replica.knows("new0") and owner.knows("new0")  # new items folded in on both
     same_lists(owner, replica, histories)
+
+
+def test_the_delta_as_decoded_teaches_what_its_record_teaches(model: ALSModel) -> None:
+    """The worker learns its own records from memory (``as_decoded``); every other replica decodes
+    them. Both must end up holding the same item side, bit for bit."""
+    owner, from_memory, from_wire = (ServedModel(model, device="cpu") for _ in range(3))
+    histories: dict[str, UserHistory] = {}
+    for batch in stream(60, seed=3):
+        touched = {}
+        for ev in batch:
+            h = histories.setdefault(ev.user_id, UserHistory(ev.user_id))
+            if owner.apply(h, ev):
+                touched[ev.user_id] = h
+        delta = owner.plan_step(batch, touched, 10).delta
+        wire = encode_delta(delta)
+        owner.learn(decode_delta(wire))
+        from_wire.learn(decode_delta(wire))
+        from_memory.learn(as_decoded(delta))
+    erase = owner.forget_users(["user-3"])
+    from_wire.learn(decode_delta(encode_delta(erase)))
+    from_memory.learn(as_decoded(erase))
+    assert from_memory.signals.trained_lists == from_wire.signals.trained_lists > 0
+    assert from_memory.knows("new0") and from_wire.knows("new0")
+    a, b = snapshot_arrays(from_memory, 0), snapshot_arrays(from_wire, 0)
+    assert a.keys() == b.keys()
+    for name in a:
+        assert np.array_equal(a[name], b[name]), name
 
 
 def test_a_restored_snapshot_plus_the_later_deltas_is_the_replica_that_never_stopped(model: ALSModel) -> None:

@@ -352,3 +352,23 @@ def test_a_remembered_list_costs_about_0_4_kb_a_user() -> None:
     finally:
         tracemalloc.stop()
     assert 200 < per_user < 450, per_user
+
+
+def test_own_deltas_records_are_learned_from_memory_once(settings: Settings, served: WorkerModel) -> None:
+    from model_core.events import Event, EventType
+    from streams.worker import model as worker_model
+
+    h = UserHistory("a")
+    ev = Event("a", "i1", EventType.VIEW, T0)
+    served.rec.apply(h, ev)
+    _, plan, wire = served.plan([ev], {"a": h})
+    assert len(wire) == 1
+    mine = served.own_delta(wire[0])
+    assert mine is not None and mine.items == plan.delta.items
+    assert served.own_delta(wire[0]) is None  # taken: a record read twice is decoded the second time
+    assert served.own_delta(b"someone else's record") is None
+    for t in range(worker_model._OWN_KEPT + 5):  # records that never come back are forgotten
+        e = Event("a", f"i{t % 12}", EventType.VIEW, T0 + 1 + t)
+        served.rec.apply(h, e)
+        served.plan([e], {"a": h})
+    assert len(served.own) == worker_model._OWN_KEPT
