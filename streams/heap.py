@@ -8,8 +8,9 @@ own subscriber's 86-108 ms: each one stalled the batch in flight and put a run o
 
 ``freeze_long_lived`` collects once and moves every survivor to the permanent generation,
 which later passes skip: they then walk only what was made since. Call it where the
-long-lived set has just changed (start, a partition's state recovered, a model swapped in).
-It unfreezes first, so garbage cycles among frozen objects (an old model) are found then.
+long-lived set has just grown (after start, after a partition's state is recovered). It
+unfreezes first, so a garbage cycle among objects frozen earlier is found then (a swapped-out
+model is freed without one: it holds no reference cycle).
 """
 
 from __future__ import annotations
