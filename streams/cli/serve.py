@@ -6,6 +6,7 @@ import argparse
 import logging
 from typing import Any
 
+from streams.heap import log_slow_collections
 from streams.settings import Settings
 
 __all__ = ["add_parser", "run", "start_server"]
@@ -89,6 +90,7 @@ def start_server(settings: Settings, connect_timeout: float = 10.0) -> tuple[Any
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
     log.info("settings: %s", settings.describe())
+    log_slow_collections()
     server, reader = start_server(settings, getattr(args, "timeout", 10.0))
     try:
         log.info("serve listening on http://%s:%d (dashboard /, API docs /docs, /metrics)",

@@ -31,7 +31,7 @@ import faust
 from model_core.config import FoldInConfig
 from streams.codec import encode_trending
 from streams.errors import BrokerUnavailableError
-from streams.heap import freeze_long_lived
+from streams.heap import freeze_long_lived, log_slow_collections
 from streams.kafka import client_config, ensure_topics, produce
 from streams.settings import Settings
 from streams.worker.batch import EXIT_FATAL, BatchProcessor, fatal
@@ -159,6 +159,7 @@ def run_worker(settings: Settings, model_root: str | Path, *, foldin: FoldInConf
     from streams.worker.app import build_app
 
     faulthandler.register(signal.SIGQUIT, all_threads=True)
+    log_slow_collections()
     ensure_topics(settings)
     worker = Worker(settings, model_root, foldin)
     _limit_compute_threads(settings.compute_threads)

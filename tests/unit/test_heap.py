@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import gc
+import logging
 import weakref
 
-from streams.heap import freeze_long_lived
+import pytest
+
+from streams.heap import freeze_long_lived, log_slow_collections
 
 
 class _Node:
@@ -30,3 +33,18 @@ def test_survivors_are_frozen_and_cycles_among_frozen_objects_are_collected_at_t
         assert kept.other is None
     finally:
         gc.unfreeze()
+
+
+def test_slow_collections_are_logged(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    from streams import heap
+
+    monkeypatch.setattr(heap, "SLOW_COLLECTION_MS", -1.0)  # every pass counts as slow
+    log_slow_collections()
+    log_slow_collections()  # once per process, however often it is asked
+    try:
+        assert gc.callbacks.count(heap._time_collection) == 1
+        with caplog.at_level(logging.WARNING, logger="freshrec.heap"):
+            gc.collect()
+        assert any("generation-2 garbage collection stalled every thread" in r.message for r in caplog.records)
+    finally:
+        gc.callbacks.remove(heap._time_collection)
