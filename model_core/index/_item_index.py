@@ -78,6 +78,7 @@ class ItemIndex:
         self._ids: list[str | None] = []
         self._slot_of: dict[str, int] = {}
         self._free: list[int] = []
+        self.removals = 0  # remove() calls that removed something: freed slots get other items later
         self._n_dead = 0
         self._n_unavail = 0
         self._kind, self._nlist = plan_kind(config, 0)
@@ -242,6 +243,7 @@ class ItemIndex:
                 self._ids[slot] = None
             if not slots:
                 return 0
+            self.removals += 1  # these slots may name other items later
             arr = np.asarray(slots, np.int64)
             if self._layout is not None:
                 self._layout.drop_slots(arr)
@@ -349,17 +351,35 @@ class ItemIndex:
         best first; the same hits and scores as :meth:`search`. The exact CPU search
         fills it from its result arrays, without B lists of (id, score) tuples.
         """
+        counts, slots, scores = self.search_slots(queries, k, exclude)
+        ids = self._ids
+        return counts, [ids[s] for s in slots.tolist()], scores
+
+    def search_slots(
+        self,
+        queries: np.ndarray,
+        k: int,
+        exclude: Sequence[Collection[str]] | None = None,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`search_flat` with slots [sum(counts)] int64 instead of ids: ``ids_of_slots``
+        names them. A slot names the same item until ``removals`` changes."""
         q, k = self._check_search(queries, k, exclude)
         with self._lock:
             if len(q) and k and self.n_available and self._kind == "flat" and self.device != "cuda":
                 scores, slots = self._exact_cpu(q, np.arange(len(q)), k, _exclusion_sets(exclude, len(q)))
                 hit = slots >= 0  # misses (fewer than k items left) are the last columns
-                ids = self._ids
-                return hit.sum(axis=1), [ids[s] for s in slots[hit].tolist()], scores[hit]
+                return hit.sum(axis=1), slots[hit], scores[hit]
             found = self.search(q, k, exclude)
-        counts = np.fromiter((len(lst) for lst in found), np.int64, len(found))
+            slot_of = self._slot_of
+            counts = np.fromiter((len(lst) for lst in found), np.int64, len(found))
+            slots_f = np.fromiter((slot_of[i] for lst in found for i, _ in lst), np.int64, int(counts.sum()))
         scores_f = np.fromiter((s for lst in found for _, s in lst), np.float32, int(counts.sum()))
-        return counts, [i for lst in found for i, _ in lst], scores_f
+        return counts, slots_f, scores_f
+
+    def ids_of_slots(self, slots: np.ndarray) -> list[str]:
+        """The item ids of slots that :meth:`search_slots` returned."""
+        ids = self._ids
+        return [ids[s] for s in slots.tolist()]
 
     def _check_search(
         self, queries: np.ndarray, k: int, exclude: Sequence[Collection[str]] | None

@@ -106,6 +106,8 @@ class ServedModel:
         self.fold_new_items = fold_new_items
         self._new_items: dict[str, dict[str, tuple[np.ndarray, float]]] = {}
         self.unavailable: set[str] = set()
+        self._slot_rows = np.full(0, -1, np.int64)  # index slot -> signals row (-1 = not looked up)
+        self._slot_removals = self.index.removals
 
     def successor(self, model: ALSModel, index: IndexConfig | None = None, *, device: str = "auto") -> ServedModel:
         """A recommender on a newer model version that carries this one's online state.
@@ -442,23 +444,41 @@ class ServedModel:
         sig = self.signals
         depth = sig.config.context
         b = len(histories)
+        hist_len = np.fromiter((len(h.entries) for h in histories), np.float64, b)
+        lens = np.minimum(hist_len, depth).astype(np.int64)
+        newest = [(item, e[1]) for h in histories for item, e in islice(reversed(h.entries.items()), depth)]
+        who = np.repeat(np.arange(b), lens)
+        col = np.arange(len(who)) - (np.cumsum(lens) - lens)[who]
         last = np.full((b, depth), -1, dtype=np.int64)
         last_t = np.zeros((b, depth))
-        hist_len = np.zeros(b)
-        for i, h in enumerate(histories):
-            hist_len[i] = len(h.entries)
-            for j, (item, (_, t)) in enumerate(islice(reversed(h.entries.items()), depth)):
-                last[i, j] = sig.row(item)
-                last_t[i, j] = t
+        last[who, col] = sig.rows_of([i for i, _ in newest])  # rows handed out in order, as row() does
+        last_t[who, col] = [t for _, t in newest]
         fold = None
         vecs = self.embed(histories)
         warm = np.flatnonzero(np.any(vecs != 0, axis=1))
         if len(warm):
-            lens, ids, score = self.index.search_flat(vecs[warm], sig.config.fold_candidates,
-                                                      [exclude[w] for w in warm.tolist()])
-            fold = (np.repeat(warm, lens), sig.rows_of(ids), score.astype(np.float64))
+            lens, slots, score = self.index.search_slots(vecs[warm], sig.config.fold_candidates,
+                                                         [exclude[w] for w in warm.tolist()])
+            fold = (np.repeat(warm, lens), self._signal_rows(slots), score.astype(np.float64))
         own = np.fromiter((sig.sessions.own_slot(user_key(h.user_id)) for h in histories), np.int64, b)
         return sig.candidates(last, last_t, hist_len, fold, own), last
+
+    def _signal_rows(self, slots: np.ndarray) -> np.ndarray:
+        """The signals' vocabulary rows of index slots, remembered per slot (new items get rows
+        in order, as ``rows_of`` hands them out)."""
+        if self._slot_removals != self.index.removals:  # slots freed: they may name other items
+            self._slot_rows = np.full(0, -1, np.int64)
+            self._slot_removals = self.index.removals
+        if len(slots) and slots.max() >= len(self._slot_rows):
+            grown = np.full(max(int(slots.max()) + 1, 2 * len(self._slot_rows)), -1, np.int64)
+            grown[: len(self._slot_rows)] = self._slot_rows
+            self._slot_rows = grown
+        rows = self._slot_rows[slots]
+        miss = np.flatnonzero(rows < 0)
+        if len(miss):
+            rows[miss] = self.signals.rows_of(self.index.ids_of_slots(slots[miss]))
+            self._slot_rows[slots[miss]] = rows[miss]
+        return rows
 
     def recommend(
         self,

@@ -109,21 +109,20 @@ class _ItemGraph:
             self.top_w = np.concatenate([self.top_w, np.zeros((new - cap, self.m))])
             self.dirty = np.concatenate([self.dirty, np.zeros(new - cap, dtype=bool)])
 
-    def add_many(self, edges: Iterable[tuple[int, int, float]]) -> None:
-        """Add each weight to its edge (a, b), in order; the rows ``a`` are refreshed on next use."""
+    def add_many(self, a: list[int], b: list[int], w: list[float]) -> None:
+        """Add each weight ``w[i]`` to its edge (``a[i]``, ``b[i]``), in order; the rows ``a``
+        are refreshed on next use."""
         rows = self.edges
         cap = self.max_edges
-        touched = set()
-        for a, b, w in edges:
-            e = rows[a]
-            e[b] = e.get(b, 0.0) + w
+        for x, y, v in zip(a, b, w):
+            e = rows[x]
+            e[y] = e.get(y, 0.0) + v
             if len(e) > cap:
                 keep = sorted(e.items(), key=lambda kv: kv[1], reverse=True)[: cap // 2]
                 e.clear()
                 e.update(keep)
-            touched.add(a)
-        if touched:
-            self.dirty[np.fromiter(touched, np.int64, len(touched))] = True
+        if a:
+            self.dirty[a] = True
 
     def _refresh(self, need: np.ndarray) -> None:
         """Recompute the top-M table of the rows ``need``: rows with at most M edges in one
@@ -217,6 +216,11 @@ class _SessionStore:
             self.items[slot] = -1
             self.last_time[slot] = -np.inf
 
+    @property
+    def next_slot(self) -> int:
+        """The slot ``slot_of`` hands out next when it starts a session."""
+        return self._next
+
     def own_slot(self, key: str) -> int:
         have = self.owner.get(key)
         return have[0] if have is not None and self.gen[have[0]] == have[1] else -1
@@ -235,6 +239,40 @@ class _SessionStore:
         self.post_slot[rows, j] = slot
         self.post_gen[rows, j] = g
         self.post_next[rows] = (j + 1) % self.p
+
+    def put_many(self, slots: list[int], chains: list[list[int]], times: list[float], posts: list[list[int]]) -> None:
+        """``put`` for several sessions (distinct slots) at once, with the same result as one
+        ``put`` after the other: slots are set in one scatter, and postings go in rounds (a
+        row's postings are the only ones that interact, so round t takes each row's t-th)."""
+        if not slots:
+            return
+        if len(set(slots)) < len(slots):
+            raise ValueError("put_many: a slot twice in one call")
+        length = self.items.shape[1]
+        s = np.array(slots, np.int64)
+        lens = np.array([min(len(c), length) for c in chains], np.int64)
+        items = np.fromiter(chain.from_iterable(c[:length] for c in chains), np.int64, int(lens.sum()))
+        who = np.repeat(np.arange(len(s)), lens)
+        self.items[s] = -1
+        self.items[s[who], np.arange(len(who)) - (np.cumsum(lens) - lens)[who]] = items
+        self.last_time[s] = np.maximum(self.last_time[s], times)
+        distinct = [list(dict.fromkeys(p)) for p in posts]  # each row once per session, in order
+        counts = np.array([len(d) for d in distinct], np.int64)
+        rows = np.fromiter(chain.from_iterable(distinct), np.int64, int(counts.sum()))
+        who = np.repeat(np.arange(len(s)), counts)
+        order = np.argsort(rows, kind="stable")  # by row, batch order within a row
+        rows, who = rows[order], who[order]
+        nth = np.arange(len(rows)) - np.searchsorted(rows, rows, side="left")
+        gen = self.gen[s]
+        for t in range(int(nth.max(initial=-1)) + 1):
+            at = nth == t
+            r, slot, g = rows[at], s[who[at]], gen[who[at]]
+            fresh = ~((self.post_slot[r] == slot[:, None]) & (self.post_gen[r] == g[:, None])).any(axis=1)
+            r, slot, g = r[fresh], slot[fresh], g[fresh]
+            j = self.post_next[r]
+            self.post_slot[r, j] = slot
+            self.post_gen[r, j] = g
+            self.post_next[r] = (j + 1) % self.p
 
     def scores(
         self, query: np.ndarray, own: np.ndarray, neighbours: int
@@ -458,38 +496,66 @@ class StreamSignals:
         first, new events [(item, weight, time)])."""
         c = self.config
         steps, gap_s, window = c.sr_steps, c.session_gap_s, c.covisit_window
-        sr: list[tuple[int, int, float]] = []  # edges in the order they are learned
-        covisit: list[tuple[int, int, float]] = []
+        # edges (a, b, weight) in the order they are learned, as parallel lists
+        sa: list[int] = []
+        sb: list[int] = []
+        sw: list[float] = []
+        ca: list[int] = []
+        cb: list[int] = []
+        cw: list[float] = []
+        slots: list[int] = []  # each session's slot, newest items, last time and new items
+        chains: list[list[int]] = []
+        times: list[float] = []
+        posts: list[list[int]] = []
+        used: set[int] = set()
         row = self.row
         for key, prev, new in sequences:
             if not new:
                 continue
-            seq = [(row(a), t) for a, t in prev]
+            ra = [row(a) for a, _ in prev]  # the session so far, distinct items, oldest first
+            ta = [t for _, t in prev]
             for item, w, time in new:
                 b = row(item)
+                n = len(ra)
                 gap = 0
-                for a, t in reversed(seq[-steps:]):
+                for j in range(n - 1, max(n - steps, 0) - 1, -1):
                     gap += 1
+                    a = ra[j]
                     if a == b:
                         continue
-                    if abs(time - t) <= gap_s:
-                        sr.append((a, b, w / gap))
+                    if abs(time - ta[j]) <= gap_s:
+                        sa.append(a)
+                        sb.append(b)
+                        sw.append(w / gap)
                     if gap <= window:
-                        covisit.append((a, b, w))
-                        covisit.append((b, a, w))
-                seq = [(a, t) for a, t in seq if a != b]
-                seq.append((b, time))
-            slot = self.sessions.slot_of(key, new[0][2], c.session_gap_s)
-            chain: list[int] = []
-            newest = seq[-1][1]
-            for a, t in reversed(seq):
-                if abs(newest - t) > c.session_gap_s or len(chain) == c.knn_session_len:
+                        ca += (a, b)
+                        cb += (b, a)
+                        cw += (w, w)
+                if b in ra:
+                    j = ra.index(b)
+                    del ra[j], ta[j]
+                ra.append(b)
+                ta.append(time)
+            if self.sessions.next_slot in used:  # it may recycle a slot of this batch: put those first
+                self.sessions.put_many(slots, chains, times, posts)
+                used.clear()
+                slots, chains, times, posts = [], [], [], []
+            slot = self.sessions.slot_of(key, new[0][2], gap_s)
+            used.add(slot)
+            recent: list[int] = []  # the session's newest items, no gap above gap_s between them
+            newest = ta[-1]
+            for j in range(len(ra) - 1, max(len(ra) - c.knn_session_len, 0) - 1, -1):
+                if abs(newest - ta[j]) > gap_s:
                     break
-                chain.append(a)
-                newest = t
-            self.sessions.put(slot, chain, max(t for _, _, t in new), (self.rows[i] for i, _, _ in new))
-        self.sr.add_many(sr)
-        self.covisit.add_many(covisit)
+                recent.append(ra[j])
+                newest = ta[j]
+            slots.append(slot)
+            chains.append(recent)
+            times.append(max(t for _, _, t in new))
+            posts.append([self.rows[i] for i, _, _ in new])
+        self.sessions.put_many(slots, chains, times, posts)
+        self.sr.add_many(sa, sb, sw)
+        self.covisit.add_many(ca, cb, cw)
 
     # -- trending fallback --------------------------------------------------------
 

@@ -307,6 +307,14 @@ def test_search_flat_is_search_flattened(kind: str) -> None:
         assert hit_ids == [i for r in res for i, _ in r]
         assert scores.dtype == np.float32
         assert scores.tolist() == [s for r in res for _, s in r]
+        counts_s, slots, scores_s = index.search_slots(Q, 20, exclude=ex)
+        assert counts_s.tolist() == counts.tolist() and scores_s.tolist() == scores.tolist()
+        assert index.ids_of_slots(slots) == hit_ids
+    assert index.removals == 0
+    index.remove(["unknown"])
+    assert index.removals == 0  # nothing removed: slots still name the same items
+    index.remove(ids[:3])
+    assert index.removals == 1
     counts, hit_ids, scores = index.search_flat(Q[:0], 20)
     assert counts.shape == (0,) and hit_ids == [] and scores.shape == (0,)
     counts, hit_ids, scores = index.search_flat(Q, 0)

@@ -249,3 +249,48 @@ def test_a_first_list_on_an_empty_item_side_is_the_users_own_fold_in(model: ALSM
     found = rec.index.search(rec.embed([h]), K, [h.exclude()])[0]
     assert ids(plan.lists[0]) == [i for i, _ in found]
     assert all(src == ("foldin",) for src in plan.sources[0])
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.lists(st.tuples(st.integers(0, 7), st.lists(st.tuples(st.integers(0, 11), st.integers(0, 4)),
+                                                               min_size=1, max_size=6)),
+                         min_size=1, max_size=6), min_size=1, max_size=8),
+       st.integers(2, 5), st.integers(1, 4))
+def test_a_batch_of_sequences_learns_what_one_at_a_time_learns(batches: list, ring: int, postings: int) -> None:
+    """``learn_sequences`` puts a batch's sessions at once (``put_many``); the item graphs and the
+    session store must end as they do when each user's sequence is learned alone, in order, even
+    when a ring this small recycles a slot of the same batch or a posting ring wraps."""
+    from model_core.served.signals import SignalsConfig, StreamSignals
+
+    cfg = SignalsConfig(knn_sessions=ring, knn_postings=postings, knn_session_len=3, max_edges=6)
+    together, alone = StreamSignals(cfg), StreamSignals(cfg)
+    clock = 0.0
+    for batch in batches:
+        seqs = []
+        for user, new in dict(batch).items():  # one sequence per user in a batch, as _delta makes them
+            clock += 1.0
+            seqs.append((f"k{user}", [], [(f"i{item}", 1.0 + w, clock + 5000.0 * w) for item, w in new]))
+        together.learn_sequences(seqs)
+        for s in seqs:
+            alone.learn_sequences([s])
+    for name in ("items", "gen", "last_time", "post_slot", "post_gen", "post_next"):
+        assert np.array_equal(getattr(together.sessions, name), getattr(alone.sessions, name)), name
+    assert together.sessions.owner == alone.sessions.owner
+    for graph in ("sr", "covisit"):
+        assert getattr(together, graph).edges == getattr(alone, graph).edges
+
+
+def test_index_slots_map_to_the_signal_rows_of_their_items(model: ALSModel) -> None:
+    """The fold-in source's hits come back as index slots, mapped to signal rows through a
+    remembered table; after the index frees slots the table is rebuilt, not trusted."""
+    rec = ServedModel(model, device="cpu")
+    slots = np.arange(0, len(model.item_ids), 7)
+    rows = rec._signal_rows(slots)
+    assert [rec.signals.ids[r] for r in rows.tolist()] == rec.index.ids_of_slots(slots)
+    assert np.array_equal(rec._signal_rows(slots[::-1]), rows[::-1])  # remembered, same answer
+    gone = rec.index.ids_of_slots(slots[:2])
+    rec.index.remove(gone)
+    rec.index.upsert(["brand-new"], np.ones((1, rec.index.dim), np.float32))
+    new_slot = rec.index.search_slots(np.ones((1, rec.index.dim), np.float32), 1)[1]
+    assert rec.index.ids_of_slots(new_slot) == ["brand-new"] and int(new_slot[0]) in slots[:2].tolist()
+    assert rec.signals.ids[int(rec._signal_rows(new_slot)[0])] == "brand-new"
