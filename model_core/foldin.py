@@ -49,6 +49,13 @@ def confidence(weights: torch.Tensor, config: ALSConfig) -> torch.Tensor:
     return 1.0 + config.alpha * weights
 
 
+def confidence_np(weights: np.ndarray, config: ALSConfig) -> np.ndarray:
+    """``confidence`` on a float32 numpy array."""
+    if config.confidence == "log":
+        return (1.0 + config.alpha * np.log1p(weights / config.epsilon)).astype(np.float32)
+    return (1.0 + config.alpha * weights).astype(np.float32)
+
+
 def solve_batched(
     gram_reg: torch.Tensor,
     factors: torch.Tensor,
@@ -95,6 +102,31 @@ def _solve_woodbury(gram_inv: torch.Tensor, f: torch.Tensor, conf: torch.Tensor)
     else:
         z = torch.cholesky_solve(rhs.unsqueeze(-1), chol).squeeze(-1)
     return y - torch.bmm(p.transpose(1, 2), (s * z).unsqueeze(-1)).squeeze(-1)
+
+
+def _solve_numpy(gram_reg: np.ndarray, gram_inv: np.ndarray, f: np.ndarray, conf: np.ndarray) -> np.ndarray:
+    """``solve_batched`` in numpy float32, for the CPU: the same systems (Woodbury when H < k)
+    without torch's per-operation cost, which dominates the dozen tiny kernels of a fold-in of
+    a few users (the demo's batches: about half the fold-in time, docs/hot_path.md)."""
+    h, k = f.shape[1], f.shape[2]
+    if h < k:
+        p = f @ gram_inv  # [B, H, k]
+        y = np.einsum("bhk,bh->bk", p, conf)
+        s = np.sqrt(np.maximum(conf - 1.0, 0.0))
+        m = (f @ p.transpose(0, 2, 1)) * s[:, :, None] * s[:, None, :]
+        m[:, np.arange(h), np.arange(h)] += 1.0
+        z = _solve_systems(m, s * np.einsum("bhk,bk->bh", f, y))
+        return y - np.einsum("bhk,bh->bk", p, s * z)
+    a = gram_reg + f.transpose(0, 2, 1) @ (f * (conf - 1.0)[:, :, None])
+    return _solve_systems(a, np.einsum("bhk,bh->bk", f, conf))
+
+
+def _solve_systems(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """x with a[i] x[i] = b[i]; least squares where a system is singular."""
+    try:
+        return np.linalg.solve(a, b[:, :, None])[:, :, 0]
+    except np.linalg.LinAlgError:
+        return (np.linalg.pinv(a) @ b[:, :, None])[:, :, 0]
 
 
 def _inverse(gram_reg: torch.Tensor) -> torch.Tensor:
@@ -177,6 +209,12 @@ class FoldIn:
                 w_sel = weights[sel]
                 if r.shape[1] > width:  # pack entries left, then drop the padding columns
                     r, w_sel = _pack_left(r, w_sel, width)
+                if self.device == "cpu":
+                    known = r >= 0
+                    f_np = self._v.numpy()[np.maximum(r, 0)] * known[:, :, None]
+                    conf_np = np.where(known, confidence_np(w_sel, self.config), np.float32(1.0))
+                    out[sel] = _solve_numpy(gram_reg.numpy(), self._gram_inv.numpy(), f_np, conf_np)
+                    continue
                 idx = torch.as_tensor(r, dtype=torch.long, device=self.device)
                 mask = (idx >= 0).to(torch.float32)
                 f = self._v[idx.clamp(min=0)] * mask.unsqueeze(-1)
@@ -194,6 +232,13 @@ class FoldIn:
         user_gram:    [k, k] UᵀU of the model's user factors.
         returns       [B, k] item vectors.
         """
+        if self.device == "cpu":
+            gram = np.asarray(user_gram, dtype=np.float32) + self._reg.numpy()
+            inv = np.linalg.inv(gram.astype(np.float64)).astype(np.float32)
+            out = _solve_numpy(gram, inv, np.asarray(user_vectors, dtype=np.float32),
+                               confidence_np(_safe_weights(weights), self.config))
+            out[~np.isfinite(out).all(axis=1)] = 0.0
+            return out
         with _single_threaded(self.device):
             f = torch.as_tensor(np.asarray(user_vectors, dtype=np.float32), device=self.device)
             w = torch.as_tensor(_safe_weights(weights), device=self.device)

@@ -6,7 +6,7 @@ import torch
 
 from model_core.als import Interactions, _csr, _solve_side, fit_factors
 from model_core.config import ALSConfig
-from model_core.foldin import FoldIn, _buckets, solve_batched
+from model_core.foldin import FoldIn, _buckets, _solve_numpy, _solve_systems, solve_batched
 
 CFG = ALSConfig(factors=8, regularization=0.1, alpha=3.0, iterations=5, cg_steps=0)
 
@@ -66,6 +66,25 @@ def test_woodbury_and_direct_solves_agree() -> None:
     direct = solve_batched(gram_reg, f, conf)
     wood = solve_batched(gram_reg, f, conf, torch.linalg.inv(gram_reg.double()).float())
     np.testing.assert_allclose(wood.numpy(), direct.numpy(), rtol=1e-3, atol=1e-5 * float(direct.abs().max()))
+
+
+@pytest.mark.parametrize("h", [9, 48, 60])  # Woodbury (H < k) and direct (H >= k)
+def test_the_numpy_cpu_solve_agrees_with_torch(h: int) -> None:
+    """``FoldIn.users`` on the CPU solves in numpy (no per-op torch cost); the GPU path keeps
+    torch's ``solve_batched``. Both must give the same embeddings within float32 tolerance."""
+    rng = np.random.default_rng(11)
+    k = 48
+    v = rng.normal(size=(400, k)).astype(np.float32) * rng.lognormal(size=(400, 1)).astype(np.float32)
+    gram = v.T @ v + 0.05 * np.eye(k, dtype=np.float32)
+    f = v[rng.integers(0, 400, size=(32, h))]
+    conf = (1.0 + 3.0 * rng.uniform(0, 5, size=(32, h))).astype(np.float32)
+    ref = solve_batched(torch.as_tensor(gram), torch.as_tensor(f), torch.as_tensor(conf),
+                        torch.linalg.inv(torch.as_tensor(gram).double()).float()).numpy()
+    got = _solve_numpy(gram, np.linalg.inv(gram.astype(np.float64)).astype(np.float32), f, conf)
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, ref, rtol=1e-3, atol=1e-5 * float(np.abs(ref).max()))
+    singular = np.zeros((2, 3, 3), np.float32)  # least squares where a system has no unique solution
+    assert np.isfinite(_solve_systems(singular, np.ones((2, 3), np.float32))).all()
 
 
 def test_batch_equals_one_at_a_time_and_padding_is_ignored() -> None:
