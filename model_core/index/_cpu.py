@@ -35,6 +35,8 @@ __all__ = ["NormBlockLayout", "BLOCK_SIZES"]
 
 #: sizes of the leading blocks; the rest are ``BLOCK_SIZES[-1]`` wide.
 BLOCK_SIZES: tuple[int, ...] = (1024, 1024, 2048, 4096)
+#: catalogues of at most this many rows (sorted and tail) are scored whole, without bounds.
+DENSE_ROWS = 2048
 #: bound on one chunk's score matrix (queries x block columns), in float32 cells.
 _CHUNK_CELLS = 1 << 21
 #: slack on the block bounds against float32 rounding in sgemm, times ||q|| * max ||v||.
@@ -244,7 +246,8 @@ class NormBlockLayout:
         k = min(k, m)
         if B == 0 or k <= 0:
             return (np.full((B, max(k, 0)), -np.inf, np.float32), np.full((B, max(k, 0)), -1, np.int64), 0.0)
-        chunk = max(1, _CHUNK_CELLS // max(self.max_block, self.n_tail))
+        dense = m <= DENSE_ROWS  # a small catalogue: one product beats the per-block merges
+        chunk = max(1, _CHUNK_CELLS // (m if dense else max(self.max_block, self.n_tail)))
         out_v = np.empty((B, k), np.float32)
         out_s = np.empty((B, k), np.int64)
         ex_q, ex_r = self._exclusion_rows(exclude)
@@ -252,7 +255,8 @@ class NormBlockLayout:
         for c0 in range(0, B, chunk):
             q = np.ascontiguousarray(queries[c0:c0 + chunk], dtype=np.float32)
             lo, hi = np.searchsorted(ex_q, [c0, c0 + chunk])
-            v, rows, n_scored = self._search_chunk(q, k, ex_q[lo:hi] - c0, ex_r[lo:hi])
+            search = self._search_dense if dense else self._search_chunk
+            v, rows, n_scored = search(q, k, ex_q[lo:hi] - c0, ex_r[lo:hi])
             scored += n_scored
             out_v[c0:c0 + chunk] = v
             out_s[c0:c0 + chunk] = self._slots_of_rows(rows)
@@ -270,6 +274,27 @@ class NormBlockLayout:
         qi, rows = qi[keep], rows[keep]
         order = np.argsort(qi, kind="stable")
         return qi[order], rows[order]
+
+    def _search_dense(
+        self, q: np.ndarray, k: int, ex_q: np.ndarray, ex_r: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, int]:
+        """One chunk of queries against every row at once, without bounds: ``_search_chunk``'s
+        result where the catalogue is at most ``DENSE_ROWS`` rows and its per-block merges cost
+        more than scoring everything."""
+        m, t = len(self.slots), self.n_tail
+        scores = _scores(q, self.vecs)
+        if t:
+            scores = np.concatenate((scores, _scores(q, self.tail_vecs[:t])), axis=1)
+        if self.n_masked:
+            scores[:, np.flatnonzero(np.concatenate((self.masked, self.tail_masked[:t])))] = -np.inf
+        if len(ex_q):
+            scores[ex_q, ex_r] = -np.inf
+        at = np.arange(len(q))[:, None]
+        top = np.argpartition(-scores, k - 1, axis=1)[:, :k] if k < m + t else np.argsort(-scores, axis=1)
+        rows = top[at, np.argsort(-scores[at, top], axis=1, kind="stable")]
+        sv = scores[at, rows]
+        rows[~np.isfinite(sv)] = -1
+        return sv, rows, scores.size
 
     def _search_chunk(
         self, q: np.ndarray, k: int, ex_q: np.ndarray | None = None, ex_r: np.ndarray | None = None

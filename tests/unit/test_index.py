@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import faiss
@@ -14,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from model_core.errors import BadInputError, ConfigError, ModelIncompatibleError
-from model_core.index import IndexConfig, IndexSwapper, ItemIndex, gpu_available
+from model_core.index import IndexConfig, IndexSwapper, ItemIndex, _cpu, gpu_available
 from model_core.index._cpu import NormBlockLayout
 
 DIM = 16
@@ -524,8 +526,27 @@ def test_ivf_falls_back_to_flat_when_too_few_vectors(caplog) -> None:  # type: i
     shape=st.sampled_from(["iso", "axis", "clustered"]),
     masked=st.floats(0.0, 0.5),
     seed=st.integers(0, 2**16),
+    dense=st.booleans(),
 )
 def test_norm_pruned_fast_path_equals_faiss_flat(
+    n: int, dim: int, b: int, k: int, spread: float, shape: str, masked: float, seed: int, dense: bool
+) -> None:
+    with _dense_search(dense):
+        _fast_path_equals_faiss_flat(n, dim, b, k, spread, shape, masked, seed)
+
+
+@contextlib.contextmanager
+def _dense_search(on: bool) -> Iterator[None]:
+    """Every catalogue scored whole (``_search_dense``) or through the pruned blocks."""
+    before = _cpu.DENSE_ROWS
+    _cpu.DENSE_ROWS = 10**9 if on else 0
+    try:
+        yield
+    finally:
+        _cpu.DENSE_ROWS = before
+
+
+def _fast_path_equals_faiss_flat(
     n: int, dim: int, b: int, k: int, spread: float, shape: str, masked: float, seed: int
 ) -> None:
     rng = np.random.default_rng(seed)
@@ -639,9 +660,17 @@ def _check_layout(layout: NormBlockLayout, ref: dict[int, np.ndarray], Q: np.nda
     spread=st.sampled_from([0.0, 1.0, 3.0]),
     shape=st.sampled_from(["iso", "axis", "clustered"]),
     seed=st.integers(0, 2**16),
+    dense=st.booleans(),
 )
-def test_layout_tail_appends_stay_exact(n: int, dim: int, k: int, spread: float, shape: str, seed: int) -> None:
-    """Appends (new and replaced slots), masks, unmasks and drops on a snapshot equal brute force."""
+def test_layout_tail_appends_stay_exact(n: int, dim: int, k: int, spread: float, shape: str, seed: int,
+                                        dense: bool) -> None:
+    """Appends (new and replaced slots), masks, unmasks and drops on a snapshot equal brute force,
+    whether the catalogue is scored whole or through the pruned blocks."""
+    with _dense_search(dense):
+        _tail_appends_stay_exact(n, dim, k, spread, shape, seed)
+
+
+def _tail_appends_stay_exact(n: int, dim: int, k: int, spread: float, shape: str, seed: int) -> None:
     rng = np.random.default_rng(seed)
     V = _shaped(n, dim, shape, seed=seed, spread=spread)
     layout = NormBlockLayout(np.arange(n), V, block_sizes=(16, 32, 64))
