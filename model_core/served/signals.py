@@ -103,8 +103,8 @@ class _ItemGraph:
             return
         self.edges.extend({} for _ in range(n - have))
         cap = len(self.dirty)
-        if n > cap:
-            new = max(n, 2 * cap, 1024)
+        if n >= cap:  # the last row stays empty: ``neighbours`` reads row -1 for padding
+            new = max(n + 1, 2 * cap, 1024)
             self.top_rows = np.concatenate([self.top_rows, np.full((new - cap, self.m), -1, np.int64)])
             self.top_w = np.concatenate([self.top_w, np.zeros((new - cap, self.m))])
             self.dirty = np.concatenate([self.dirty, np.zeros(new - cap, dtype=bool)])
@@ -151,16 +151,11 @@ class _ItemGraph:
     def neighbours(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Top-M neighbour rows and weights of ``rows`` (any shape; -1 = none): shape + (M,)."""
         flat = rows.reshape(-1)
-        valid = flat >= 0
-        need = np.unique(flat[valid])
-        need = need[self.dirty[need]]
+        need = flat[self.dirty[flat]]  # padding (-1) reads the last row: empty, never dirty
         if len(need):
-            self._refresh(need)
+            self._refresh(np.unique(need))
         m = self.m
-        safe = np.where(valid, flat, 0)
-        nb = np.where(valid[:, None], self.top_rows[safe], -1)
-        w = np.where(valid[:, None], self.top_w[safe], 0.0)
-        return nb.reshape(*rows.shape, m), w.reshape(*rows.shape, m)
+        return self.top_rows[flat].reshape(*rows.shape, m), self.top_w[flat].reshape(*rows.shape, m)
 
 
 class _SessionStore:
