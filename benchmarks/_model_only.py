@@ -10,7 +10,9 @@ decoding: each event applied to its user's ``UserHistory`` with a (partition, of
 position (``apply``), then ``WorkerModel.plan`` (the touched users' lists) and
 ``WorkerModel.learn`` (the batch learned) for the batch, all in one thread. Writes
 ``{"ev_s", "seconds", "cpu_us_per_event", "events", "batches", "lists"}`` (events/s over all
-the batches and the process's CPU time per event, model loading not counted) to OUT_JSON. Started by ``benchmarks/e2e_throughput.py``: a worker
+the batches and the process's CPU time per event, model loading not counted) to OUT_JSON, and
+``seconds_by_stage`` where the tree's served model times its stages (``StageClock``: fold-in,
+search, each candidate source, the feature table, ranking, the delta, learning). Started by ``benchmarks/e2e_throughput.py``: a worker
 can drain no faster than this, whatever its stream does.
 """
 
@@ -38,6 +40,13 @@ def main(argv: list[str]) -> int:
     own = getattr(model, "own_delta", None)  # its own records from memory (since this stop's commit)
     rec = model.rec
     assert rec is not None
+    clock = None
+    try:  # per-stage seconds, where this tree's served model keeps them
+        from model_core.served.signals import StageClock
+
+        clock = rec.signals.clock = StageClock()
+    except ImportError:
+        pass
     with open(events_path) as f:
         events = [event_from_json(line) for line in f if line.strip()]
     histories: dict[str, UserHistory] = {}
@@ -61,9 +70,18 @@ def main(argv: list[str]) -> int:
     seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
     Path(out_path).write_text(json.dumps({"ev_s": round(len(events) / seconds, 1), "seconds": round(seconds, 2),
                                           "cpu_us_per_event": round(1e6 * cpu / len(events), 1),
-                                          "events": len(events), "batches": -(-len(events) // n), "lists": lists}))
+                                          "events": len(events), "batches": -(-len(events) // n), "lists": lists,
+                                          **({"seconds_by_stage": _stages(clock.seconds, seconds)} if clock else {})}))
     model.executor.shutdown(wait=False)
     return 0
+
+
+def _stages(seconds: dict[str, float], total: float) -> dict[str, float]:
+    """The clock's stages, and what the run spent outside them (applying events to histories,
+    encoding and learning-from-memory bookkeeping) as ``other``."""
+    out = {k: round(v, 3) for k, v in seconds.items()}
+    out["other"] = round(total - sum(seconds.values()), 3)
+    return out
 
 
 if __name__ == "__main__":

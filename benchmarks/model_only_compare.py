@@ -7,7 +7,8 @@ Builds the e2e benchmark's backlog and model (``benchmarks.e2e_throughput.make_l
 into a temporary git worktree, and runs ``benchmarks/_model_only.py`` (this tree's copy:
 it only calls what every commit since the shared item side has) on the backlog, ``--runs``
 times per tree, alternating trees so that a slow minute of this machine hits both. Writes
-the runs, the medians (events/s and CPU microseconds per event) and the ratios to
+the runs, the medians (events/s, CPU microseconds per event, and seconds per stage of the
+served model where a tree times them) and the ratios to
 ``benchmarks/results/model_only_compare.json``. The lists themselves are not compared
 here; ``benchmarks/served_path_quality.py`` scores them.
 """
@@ -102,6 +103,11 @@ def main(argv: list[str] | None = None) -> int:
         "ratio_ev_s": round(med("after", "ev_s") / med("before", "ev_s"), 3),
         "load_average": [round(x, 2) for x in os.getloadavg()], "cpu_count": os.cpu_count(),
     }
+    stages = {name: {k: round(statistics.median(r["seconds_by_stage"].get(k, 0.0) for r in rs), 3)
+                     for k in rs[0]["seconds_by_stage"]}
+              for name, rs in runs.items() if all("seconds_by_stage" in r for r in rs)}
+    if stages:
+        out["seconds_by_stage"] = stages  # medians per tree that times its stages (StageClock)
     if all("cpu_us_per_event" in r for rs in runs.values() for r in rs):
         out["cpu_us_per_event"] = {"before": med("before", "cpu_us_per_event"),
                                    "after": med("after", "cpu_us_per_event")}

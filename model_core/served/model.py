@@ -184,9 +184,14 @@ class ServedModel:
         A caller that retries a failed batch retries this; ``learn`` then learns the delta
         once (on every replica of the item side, see ``model_core.served.shared``).
         """
+        clock = self.signals.clock
+        if clock:
+            clock.start()
         by_user = self._by_user(events)
         pseudo, targets = self._ranker_examples(by_user, histories)
         hs = list(histories.values())
+        if clock:
+            clock.lap("ranker examples")
         exclude = [h.exclude() for h in hs]
         cand, _ = self._candidates(pseudo + hs, [h.exclude() for h in pseudo] + exclude)
         n = len(pseudo)
@@ -195,7 +200,12 @@ class ServedModel:
                                     with_sources=True)
         train = ~mine
         examples = Candidates(cand.user[train], cand.row[train], cand.x[train]) if n else None
-        return Step(lists, sources or [], self._delta(events, histories, by_user, examples, targets))
+        if clock:
+            clock.start()
+        delta = self._delta(events, histories, by_user, examples, targets)
+        if clock:
+            clock.lap("delta")
+        return Step(lists, sources or [], delta)
 
     def learn_step(self, plan: Step) -> None:
         """Learn what ``plan_step`` planned (``learn(plan.delta)``)."""
@@ -207,6 +217,8 @@ class ServedModel:
         graphs and sessions, new items' vectors. Replicas that apply the same deltas in the
         same order hold the same item side."""
         sig = self.signals
+        if sig.clock:
+            sig.clock.start()
         if delta.forget:
             self._forget(delta.forget)
         if delta.examples is not None:
@@ -215,6 +227,8 @@ class ServedModel:
         sig.learn_sequences(delta.sequences)
         if delta.new_items:
             self._learn_new_items(delta.new_items, delta.new_vectors)
+        if sig.clock:
+            sig.clock.lap("learn")
 
     def forget_users(self, user_ids: Iterable[str]) -> ItemDelta:
         """Erase: drop everything this model keeps under the users' keys (their session-kNN
@@ -442,6 +456,9 @@ class ServedModel:
     ) -> tuple[Candidates, np.ndarray]:
         """Every source's candidates for the batch, with features; and the [B, L] last-item rows."""
         sig = self.signals
+        clock = sig.clock
+        if clock:
+            clock.start()
         depth = sig.config.context
         b = len(histories)
         hist_len = np.fromiter((len(h.entries) for h in histories), np.float64, b)
@@ -453,14 +470,20 @@ class ServedModel:
         last_t = np.zeros((b, depth))
         last[who, col] = sig.rows_of([i for i, _ in newest])  # rows handed out in order, as row() does
         last_t[who, col] = [t for _, t in newest]
+        own = np.fromiter((sig.sessions.own_slot(user_key(h.user_id)) for h in histories), np.int64, b)
+        if clock:
+            clock.lap("prepare")
         fold = None
         vecs = self.embed(histories)
+        if clock:
+            clock.lap("fold-in")
         warm = np.flatnonzero(np.any(vecs != 0, axis=1))
         if len(warm):
             lens, slots, score = self.index.search_slots(vecs[warm], sig.config.fold_candidates,
                                                          [exclude[w] for w in warm.tolist()])
             fold = (np.repeat(warm, lens), self._signal_rows(slots), score.astype(np.float64))
-        own = np.fromiter((sig.sessions.own_slot(user_key(h.user_id)) for h in histories), np.int64, b)
+        if clock:
+            clock.lap("search")
         return sig.candidates(last, last_t, hist_len, fold, own), last
 
     def _signal_rows(self, slots: np.ndarray) -> np.ndarray:
@@ -509,6 +532,8 @@ class ServedModel:
         item (``SOURCES`` names; a top-up item is ``("trending",)``); else None.
         """
         sig = self.signals
+        if sig.clock:
+            sig.clock.start()
         v = max(1, len(sig.ids))
         get = sig.rows.get
         banned = np.fromiter(
@@ -538,4 +563,6 @@ class ServedModel:
                 lst.extend(extra)
                 if sources is not None:
                     sources[b].extend(("trending",) for _ in extra)
+        if sig.clock:
+            sig.clock.lap("rank")
         return out, sources

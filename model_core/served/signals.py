@@ -23,10 +23,11 @@ from __future__ import annotations
 
 import math
 import zlib
-from collections import deque
+from collections import defaultdict, deque
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from itertools import chain
+from time import perf_counter
 from typing import TypeAlias
 
 import numpy as np
@@ -34,7 +35,7 @@ import numpy as np
 from model_core.config import EventWeights
 from model_core.events import Event
 
-__all__ = ["FEATURES", "Candidates", "Examples", "SignalsConfig", "StreamSignals"]
+__all__ = ["FEATURES", "Candidates", "Examples", "SignalsConfig", "StageClock", "StreamSignals"]
 
 Sequence_: TypeAlias = tuple[str, list[tuple[str, float]], list[tuple[str, float, float]]]
 """What ``learn_sequences`` takes per user: (session key, earlier items, new events)."""
@@ -347,6 +348,26 @@ def _rank_feature(user: np.ndarray, val: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.arange(len(user)) - np.searchsorted(user, user, side="left"))
 
 
+class StageClock:
+    """Seconds the served model spent per stage (fold-in, search, each candidate source, the
+    feature table, ranking, learning), summed over calls. Off unless a caller sets
+    ``StreamSignals.clock`` (``benchmarks/_model_only.py`` does); then each stage costs one
+    ``perf_counter`` call more."""
+
+    def __init__(self) -> None:
+        self.seconds: defaultdict[str, float] = defaultdict(float)
+        self._at = perf_counter()
+
+    def start(self) -> None:
+        self._at = perf_counter()
+
+    def lap(self, stage: str) -> None:
+        """Charge the time since the last ``start`` or ``lap`` to ``stage``."""
+        now = perf_counter()
+        self.seconds[stage] += now - self._at
+        self._at = now
+
+
 @dataclass
 class Candidates:
     """A batch's candidate lists, flattened: candidate c belongs to user ``user[c]``."""
@@ -405,6 +426,7 @@ class StreamSignals:
         self._buffer: deque[tuple[np.ndarray, np.ndarray]] = deque(maxlen=c.replay_lists)
         self._rng = rng
         self.events = 0
+        self.clock: StageClock | None = None  # per-stage timing, for benchmarks
 
     # -- vocabulary -------------------------------------------------------------
 
@@ -626,6 +648,10 @@ class StreamSignals:
         def emit(user: np.ndarray, rows: np.ndarray, **feats: np.ndarray) -> None:
             parts.append((user, rows, feats))  # unique (user, row) within a source
 
+        clock = self.clock
+        if clock:
+            clock.start()
+
         # sequential rules: the last item, and the last L items weighted 1/(1+position)
         nb, w = self.sr.neighbours(last)  # [B, L, M]
         u3 = np.broadcast_to(np.arange(b)[:, None, None], nb.shape)
@@ -634,10 +660,14 @@ class StreamSignals:
             np.arange(depth)[None, :, None] == 0, w, 0.0))
         emit(su, sr_, sr_last=np.log1p(first), sr_last_norm=first / _user_max(su, first, b)[su],
              sr_ctx=np.log1p(ctx), sr_rank=_rank_feature(su, ctx))
+        if clock:
+            clock.lap("sr")
         nb, w = self.covisit.neighbours(last)
         cu, cr, (cw,) = _top_per_user(u3, nb, v, n_src, self.tiebreak, w * (0.5 ** np.arange(depth))[None, :, None])
         emit(cu, cr, covisit=np.log1p(cw), covisit_norm=cw / _user_max(cu, cw, b)[cu],
              covisit_rank=_rank_feature(cu, cw))
+        if clock:
+            clock.lap("covisit")
         # session kNN over the user's current session (newest items, no gap above session_gap_s)
         q = min(c.knn_query, depth)
         query = last[:, :q].copy()
@@ -647,6 +677,8 @@ class StreamSignals:
         ku, kr, ks = self.sessions.scores(query, own if own is not None else np.full(b, -1), c.knn_neighbours)
         ku, kr, (ks,) = _top_per_user(ku, kr, v, n_src, self.tiebreak, ks)
         emit(ku, kr, knn=np.log1p(ks), knn_norm=ks / _user_max(ku, ks, b)[ku], knn_rank=_rank_feature(ku, ks))
+        if clock:
+            clock.lap("knn")
         if fold is not None:
             fu, fr, fs = fold
             rank = np.arange(len(fu)) - np.searchsorted(fu, fu, side="left")
@@ -663,6 +695,8 @@ class StreamSignals:
             crow, crr = self._category_top(lastcat, c.category_candidates)
             ok = crow >= 0
             emit(np.broadcast_to(np.arange(b)[:, None], crow.shape)[ok], crow[ok], category_rank=crr[ok])
+        if clock:
+            clock.lap("trending+category")
 
         keys = [p[0] * v + p[1] for p in parts]
         uniq, inv = np.unique(np.concatenate(keys), return_inverse=True)
@@ -697,6 +731,8 @@ class StreamSignals:
         feats[:, _IX["sr_x_new_session"]] = feats[:, _IX["sr_last_norm"]] * new_session
         feats[:, _IX["covisit_x_new_session"]] = feats[:, _IX["covisit_norm"]] * new_session
         np.nan_to_num(feats, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+        if clock:
+            clock.lap("features")
         return Candidates(user, row, feats)
 
     # -- ranker ----------------------------------------------------------------

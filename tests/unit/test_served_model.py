@@ -294,3 +294,24 @@ def test_index_slots_map_to_the_signal_rows_of_their_items(model: ALSModel) -> N
     new_slot = rec.index.search_slots(np.ones((1, rec.index.dim), np.float32), 1)[1]
     assert rec.index.ids_of_slots(new_slot) == ["brand-new"] and int(new_slot[0]) in slots[:2].tolist()
     assert rec.signals.ids[int(rec._signal_rows(new_slot)[0])] == "brand-new"
+
+
+def test_the_stage_clock_times_every_stage_and_changes_no_list(model: ALSModel) -> None:
+    """``StreamSignals.clock`` (benchmarks turn it on) charges each stage of a batch; off, the
+    model keeps no timings. Either way the lists are the same."""
+    from model_core.served.signals import StageClock
+
+    def one_batch(rec: ServedModel) -> list:
+        hs = {u: history(u, items, model=model) for u, items in (("u1", ["a0", "a1", "b0"]), ("u2", ["b1", "b2"]))}
+        events = [Event(u, next(reversed(h.entries)), EventType.VIEW, 2000.0) for u, h in hs.items()]
+        for ev in events:
+            rec.apply(hs[ev.user_id], ev)
+        return rec.step(events, hs, 5)
+
+    timed, plain = ServedModel(model, device="cpu"), ServedModel(model, device="cpu")
+    clock = timed.signals.clock = StageClock()
+    assert one_batch(timed) == one_batch(plain)
+    assert plain.signals.clock is None
+    assert {"prepare", "fold-in", "search", "sr", "covisit", "knn", "trending+category", "features", "rank",
+            "delta", "learn"} <= set(clock.seconds)
+    assert all(s >= 0.0 for s in clock.seconds.values())
