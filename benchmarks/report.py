@@ -214,7 +214,31 @@ def demo() -> str:
     return "\n".join(rows) if len(rows) > 2 else ""
 
 
-SECTIONS = {"quality": quality, "served_path": served_path, "shared_item_side": shared_item_side, "warm_start": warm_start, "speed": speed, "e2e": e2e, "serve": serve, "demo": demo}
+def served_alone() -> str:
+    """Rows: every model_only_compare*.json (the worker's compute alone, two commits alternated),
+    then the per-stage seconds of the trees that time their stages."""
+    rows = ["| before | after | batch | events | before, events/s | after, events/s | events/s | CPU per event |",
+            "|---|---|---|---|---|---|---|---|"]
+    stages: list[tuple[str, dict[str, float]]] = []
+    for path in sorted(RESULTS.glob("model_only_compare*.json")):
+        r = json.loads(path.read_text())
+        cpu = f"{r['ratio_cpu_per_event']}× less" if "ratio_cpu_per_event" in r else "–"
+        rows.append(f"| {r['before']} | {r['after']} | {r['batch_size']} | {r['events']:,} | {r['ev_s']['before']:,.0f} | "
+                    f"{r['ev_s']['after']:,.0f} | {r['ratio_ev_s']}× | {cpu} |")
+        for tree in ("before", "after"):
+            if tree in r.get("seconds_by_stage", {}):
+                stages.append((f"{r[tree]}, batch {r['batch_size']}, {r['events']:,} events",
+                               r["seconds_by_stage"][tree]))
+    out = rows if len(rows) > 2 else []
+    if stages:
+        names = list(dict.fromkeys(k for _, st in stages for k in st))
+        out += ["", "Seconds per stage (median of the runs; `StageClock`, `other` = outside the model):", "",
+                "| run | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+        out += [f"| {label} | " + " | ".join(f"{st.get(n, 0.0):.2f}" for n in names) + " |" for label, st in stages]
+    return "\n".join(out)
+
+
+SECTIONS = {"quality": quality, "served_alone": served_alone, "served_path": served_path, "shared_item_side": shared_item_side, "warm_start": warm_start, "speed": speed, "e2e": e2e, "serve": serve, "demo": demo}
 
 
 def render(doc: str) -> str:
