@@ -221,25 +221,12 @@ class _SessionStore:
         have = self.owner.get(key)
         return have[0] if have is not None and self.gen[have[0]] == have[1] else -1
 
-    def put(self, slot: int, items: list[int], time: float, new_items: Iterable[int]) -> None:
-        """Set the slot's items (newest first); post it on ``new_items``."""
-        n = min(len(items), self.items.shape[1])
-        self.items[slot] = -1
-        self.items[slot, :n] = items[:n]
-        self.last_time[slot] = max(self.last_time[slot], time)
-        g = self.gen[slot]
-        rows = np.fromiter(dict.fromkeys(new_items), np.int64)  # each once, in order
-        # not already posted by this session (this slot, this generation)
-        rows = rows[~((self.post_slot[rows] == slot) & (self.post_gen[rows] == g)).any(axis=1)]
-        j = self.post_next[rows]
-        self.post_slot[rows, j] = slot
-        self.post_gen[rows, j] = g
-        self.post_next[rows] = (j + 1) % self.p
-
     def put_many(self, slots: list[int], chains: list[list[int]], times: list[float], posts: list[list[int]]) -> None:
-        """``put`` for several sessions (distinct slots) at once, with the same result as one
-        ``put`` after the other: slots are set in one scatter, and postings go in rounds (a
-        row's postings are the only ones that interact, so round t takes each row's t-th)."""
+        """Set sessions (distinct slots): each slot's items (newest first, cut to the session
+        length) and last time, and post it on its new items (each row once; not again where
+        this slot and generation already did). The result is that of one session after the
+        other: slots are set in one scatter, and postings go in rounds (only a row's own
+        postings interact, so round t takes each row's t-th)."""
         if not slots:
             return
         if len(set(slots)) < len(slots):

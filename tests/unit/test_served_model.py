@@ -251,7 +251,7 @@ def test_a_first_list_on_an_empty_item_side_is_the_users_own_fold_in(model: ALSM
     assert all(src == ("foldin",) for src in plan.sources[0])
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=40, deadline=None)
 @given(st.lists(st.lists(st.tuples(st.integers(0, 7), st.lists(st.tuples(st.integers(0, 11), st.integers(0, 4)),
                                                                min_size=1, max_size=6)),
                          min_size=1, max_size=6), min_size=1, max_size=8),
