@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -42,18 +43,16 @@ def _single_threaded(device: str) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def confidence(weights: torch.Tensor, config: ALSConfig) -> torch.Tensor:
-    """Confidence ``c`` of summed event weights ``w`` (same shape), as in training."""
+_Weights = TypeVar("_Weights", torch.Tensor, np.ndarray)
+
+
+def confidence(weights: _Weights, config: ALSConfig) -> _Weights:
+    """Confidence ``c`` of summed event weights ``w`` (same shape and type: a torch tensor, or a
+    numpy array for the CPU fold-in), as in training."""
     if config.confidence == "log":
-        return 1.0 + config.alpha * torch.log1p(weights / config.epsilon)
+        log1p = torch.log1p if isinstance(weights, torch.Tensor) else np.log1p
+        return 1.0 + config.alpha * log1p(weights / config.epsilon)
     return 1.0 + config.alpha * weights
-
-
-def confidence_np(weights: np.ndarray, config: ALSConfig) -> np.ndarray:
-    """``confidence`` on a float32 numpy array."""
-    if config.confidence == "log":
-        return (1.0 + config.alpha * np.log1p(weights / config.epsilon)).astype(np.float32)
-    return (1.0 + config.alpha * weights).astype(np.float32)
 
 
 def solve_batched(
@@ -106,8 +105,8 @@ def _solve_woodbury(gram_inv: torch.Tensor, f: torch.Tensor, conf: torch.Tensor)
 
 def _solve_numpy(gram_reg: np.ndarray, gram_inv: np.ndarray, f: np.ndarray, conf: np.ndarray) -> np.ndarray:
     """``solve_batched`` in numpy float32, for the CPU: the same systems (Woodbury when H < k)
-    without torch's per-operation cost, which dominates the dozen tiny kernels of a fold-in of
-    a few users (the demo's batches: about half the fold-in time, docs/hot_path.md)."""
+    without torch's per-operation cost on the dozen small kernels of a fold-in
+    (``benchmarks/model_core_speed.py``'s fold-ins/s, against the torch solve)."""
     h, k = f.shape[1], f.shape[2]
     if h < k:
         p = f @ gram_inv  # [B, H, k]
@@ -150,7 +149,8 @@ class FoldIn:
         v = self._v[:n].double()
         self._gram = (v.T @ v).float()  # VᵀV, kept current on add/replace
         self._reg = config.regularization * torch.eye(k, dtype=torch.float32, device=self.device)
-        self._gram_inv: torch.Tensor | None = None  # (VᵀV + λI)⁻¹, recomputed lazily
+        self._gram_reg = self._gram + self._reg  # VᵀV + λI, with its inverse recomputed lazily
+        self._gram_inv: torch.Tensor | None = None  # (VᵀV + λI)⁻¹
 
     @property
     def factors(self) -> int:
@@ -196,9 +196,10 @@ class FoldIn:
         weights = _safe_weights(weights)
         out = np.zeros((rows.shape[0], self.factors), dtype=np.float32)
         with _single_threaded(self.device):
-            gram_reg = self._gram + self._reg
             if self._gram_inv is None:
-                self._gram_inv = _inverse(gram_reg)
+                self._gram_reg = self._gram + self._reg
+                self._gram_inv = _inverse(self._gram_reg)
+            gram_reg = self._gram_reg
             lengths = (rows >= 0).sum(axis=1)
             widths = _buckets(lengths, self.factors)
             for width in np.unique(widths):
@@ -212,7 +213,7 @@ class FoldIn:
                 if self.device == "cpu":
                     known = r >= 0
                     f_np = self._v.numpy()[np.maximum(r, 0)] * known[:, :, None]
-                    conf_np = np.where(known, confidence_np(w_sel, self.config), np.float32(1.0))
+                    conf_np = np.where(known, confidence(w_sel, self.config), np.float32(1.0))
                     out[sel] = _solve_numpy(gram_reg.numpy(), self._gram_inv.numpy(), f_np, conf_np)
                     continue
                 idx = torch.as_tensor(r, dtype=torch.long, device=self.device)
@@ -233,10 +234,9 @@ class FoldIn:
         returns       [B, k] item vectors.
         """
         if self.device == "cpu":
-            gram = np.asarray(user_gram, dtype=np.float32) + self._reg.numpy()
-            inv = np.linalg.inv(gram.astype(np.float64)).astype(np.float32)
-            out = _solve_numpy(gram, inv, np.asarray(user_vectors, dtype=np.float32),
-                               confidence_np(_safe_weights(weights), self.config))
+            gram = torch.as_tensor(np.asarray(user_gram, dtype=np.float32)) + self._reg
+            out = _solve_numpy(gram.numpy(), _inverse(gram).numpy(), np.asarray(user_vectors, dtype=np.float32),
+                               confidence(_safe_weights(weights), self.config))
             out[~np.isfinite(out).all(axis=1)] = 0.0
             return out
         with _single_threaded(self.device):
