@@ -438,7 +438,7 @@ class ServedModel:
     def warm_up(self, k: int = 20) -> None:
         """Fold in and search once for a made-up user, keeping nothing, so that one-time costs
         (the first torch and BLAS calls, the search layout) are paid before the first batch
-        rather than in it: 215 ms against 7 for the e2e backlog's first batch of 20 events."""
+        rather than in it."""
         if self.model.item_ids:
             user = UserHistory("", {self.model.item_ids[0]: [1.0, 0.0]}, [], last_event_time=0.0)
             self.index.search_flat(self.embed([user]), k)

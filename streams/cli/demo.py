@@ -241,7 +241,7 @@ def _seed_history(settings: Settings, events: list[Event]) -> None:
         ends[msg.partition()] = max(ends.get(msg.partition(), 0), msg.offset() + 1)
 
     ensure_topics(settings)
-    p = Producer(client_config(settings, "producer", **{"linger.ms": 20}))
+    p = Producer(client_config(settings, "producer"))  # the embedded profile's linger: few, large batches
     for ev in events:
         produce(p, settings.events_topic, event_to_json(ev).encode(), ev.user_id.encode(), on_delivery=delivered)
         p.poll(0)
