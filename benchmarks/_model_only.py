@@ -37,7 +37,7 @@ def main(argv: list[str]) -> int:
     _limit_compute_threads(settings.compute_threads)
     model = WorkerModel(settings, Path(settings.model_dir), settings.foldin)
     model.load_initial()
-    own = getattr(model, "own_delta", None)  # its own records from memory (since this stop's commit)
+    own = getattr(model, "own_delta", None)  # its own records from memory (trees since 98e01e2)
     rec = model.rec
     assert rec is not None
     clock = None
